@@ -1,0 +1,171 @@
+//! Requests and responses of the node API (`ipkeepd`'s unix socket).
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+use crate::model::{AttachmentKey, Dns, PodRef, Route, SubnetInfo, SubnetSpec};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// CNI ADD: allocate (or return the existing) addresses of an attachment.
+    Add(AddRequest),
+    /// CNI DEL: release an attachment's addresses; succeeds when none are held.
+    Del(DelRequest),
+    /// CNI CHECK: is the attachment held, with these addresses?
+    Check(CheckRequest),
+    /// CNI GC: release this node's attachments of a network that are not listed.
+    Gc(GcRequest),
+    /// CNI STATUS: can the cluster commit an ADD now?
+    Ready,
+    /// `ipkeepctl status`.
+    NodeStatus,
+    SubnetCreate(SubnetSpec),
+    SubnetList,
+    SubnetShow {
+        name: String,
+    },
+    SubnetDelete {
+        name: String,
+    },
+    IpList(IpListRequest),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Added(AddResult),
+    Deleted(DelResult),
+    Checked,
+    Collected(GcResult),
+    Ready,
+    NodeStatus(NodeStatus),
+    Subnet(SubnetInfo),
+    Subnets(Vec<SubnetInfo>),
+    SubnetDeleted,
+    Ips(IpPage),
+    Error(ApiError),
+}
+
+impl Response {
+    /// The name of the variant, for "unexpected response" messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Response::Added(_) => "Added",
+            Response::Deleted(_) => "Deleted",
+            Response::Checked => "Checked",
+            Response::Collected(_) => "Collected",
+            Response::Ready => "Ready",
+            Response::NodeStatus(_) => "NodeStatus",
+            Response::Subnet(_) => "Subnet",
+            Response::Subnets(_) => "Subnets",
+            Response::SubnetDeleted => "SubnetDeleted",
+            Response::Ips(_) => "Ips",
+            Response::Error(_) => "Error",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddRequest {
+    pub key: AttachmentKey,
+    /// CNI_NETNS.
+    pub netns: String,
+    /// The subnets to allocate from: one address from each set, taken from the
+    /// first subnet of the set that can give one. Two sets make dual stack.
+    pub subnets: Vec<Vec<String>>,
+    pub pod: PodRef,
+}
+
+/// One address of an ADD result, with what the plugin needs to print it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpAssignment {
+    pub subnet: String,
+    /// The address with the subnet's prefix length, e.g. 10.22.0.7/16.
+    pub address: IpNet,
+    pub gateway: Option<IpAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddResult {
+    pub ips: Vec<IpAssignment>,
+    pub routes: Vec<Route>,
+    pub dns: Dns,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DelRequest {
+    pub key: AttachmentKey,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DelResult {
+    /// The addresses released; empty when the attachment held none (DEL is idempotent).
+    pub released: Vec<IpAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckRequest {
+    pub key: AttachmentKey,
+    /// Addresses the runtime's prevResult lists; each must be held by the attachment.
+    pub expect: Vec<IpAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcRequest {
+    pub network: String,
+    /// (container id, ifname) of the attachments that are still valid.
+    pub valid: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcResult {
+    pub released: Vec<(AttachmentKey, Vec<IpAddr>)>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpListRequest {
+    pub subnet: Option<String>,
+    pub namespace: Option<String>,
+    pub node: Option<String>,
+    /// Start after this address (paging); None starts at the lowest.
+    pub after: Option<IpAddr>,
+    /// At most this many entries (the daemon caps it).
+    pub limit: u32,
+}
+
+/// One held address, as `ipkeepctl ip list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpEntry {
+    pub address: IpAddr,
+    pub subnet: String,
+    pub key: AttachmentKey,
+    pub pod: PodRef,
+    pub node: String,
+    pub since_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpPage {
+    pub entries: Vec<IpEntry>,
+    /// Pass as `after` to get the next page; None on the last page.
+    pub next: Option<IpAddr>,
+}
+
+/// What `ipkeepctl status` shows about the node it asks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub node_id: u64,
+    pub node_name: String,
+    /// Leader, Follower, Candidate, Learner or Shutdown.
+    pub role: String,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    pub last_applied: Option<u64>,
+    pub snapshot_index: Option<u64>,
+    pub purged_index: Option<u64>,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+}

@@ -1,0 +1,19 @@
+//! ipkeep's store: the IPAM model, the allocator, the deterministic state
+//! machine, and the sled-backed Raft log and state storage.
+//!
+//! Only [`storage`] knows about sled; the model, the allocator and the state
+//! machine deal in records and changes, so that the engine could be replaced
+//! without touching them.
+
+pub mod command;
+pub mod free_set;
+pub mod machine;
+pub mod records;
+pub mod state;
+pub mod storage;
+pub mod subnet;
+pub mod types;
+
+pub use command::{Command, Reply};
+pub use state::State;
+pub use types::{NodeId, PeerNode, TypeConfig};

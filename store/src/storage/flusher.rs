@@ -1,0 +1,70 @@
+//! Group commit for the Raft log: appends are written to sled at once and
+//! acknowledged from this thread after one flush covers them. Many appends
+//! arriving while a flush runs share the next flush, so throughput grows with
+//! load while no entry is ever acknowledged before it is on disk.
+
+use std::io;
+use std::sync::mpsc;
+use std::thread;
+
+use openraft::storage::LogFlushed;
+
+use crate::types::TypeConfig;
+
+pub struct Flusher {
+    /// None once dropping: closing the channel ends the thread.
+    jobs: Option<mpsc::Sender<LogFlushed<TypeConfig>>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Flusher {
+    pub fn start(db: sled::Db) -> io::Result<Flusher> {
+        let (jobs, pending) = mpsc::channel::<LogFlushed<TypeConfig>>();
+        let thread = thread::Builder::new()
+            .name("ipkeep-log-flush".into())
+            .spawn(move || {
+                // Ends when the log store (the only sender) is dropped.
+                while let Ok(first) = pending.recv() {
+                    let mut group = vec![first];
+                    group.extend(pending.try_iter());
+                    let outcome = db.flush().map(|_| ());
+                    for done in group {
+                        // Callbacks fire in submission order, after the flush.
+                        done.log_io_completed(
+                            outcome
+                                .as_ref()
+                                .map(|_| ())
+                                .map_err(|e| io::Error::other(e.to_string())),
+                        );
+                    }
+                }
+            })?;
+        Ok(Flusher {
+            jobs: Some(jobs),
+            thread: Some(thread),
+        })
+    }
+
+    /// Acknowledges `done` once everything written so far is on disk.
+    pub fn submit(&self, done: LogFlushed<TypeConfig>) {
+        let sent = match &self.jobs {
+            Some(jobs) => jobs.send(done).map_err(|mpsc::SendError(done)| done),
+            None => Err(done),
+        };
+        if let Err(done) = sent {
+            done.log_io_completed(Err(io::Error::other("log flusher has stopped")));
+        }
+    }
+}
+
+impl Drop for Flusher {
+    /// Waits for the last flush and for the thread to let go of the database,
+    /// so that the data directory can be opened again as soon as the store
+    /// is dropped.
+    fn drop(&mut self) {
+        self.jobs.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! The Raft log and vote in sled.
+//!
+//! Tree `raft_log`: entry index (u64, big endian, so keys sort by index) to a
+//! versioned entry; the empty key, which sorts first, holds the last purged
+//! log id, so that purging (marker and removal) is one atomic batch.
+//! Tree `raft_meta`: the vote and the committed log id.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use ipkeep_api::codec;
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{AnyError, OptionalSend, RaftLogReader, StorageIOError};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::flusher::Flusher;
+use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+
+const LOG_TREE: &str = "raft_log";
+const META_TREE: &str = "raft_meta";
+const PURGED_KEY: &[u8] = b"";
+const VOTE_KEY: &[u8] = b"vote";
+const COMMITTED_KEY: &[u8] = b"committed";
+
+/// Version of the encoding of log entries and log metadata.
+const LOG_VERSION: u8 = 1;
+/// Largest log entry the decoder accepts.
+const MAX_ENTRY: u64 = 16 << 20;
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, codec::CodecError> {
+    let mut bytes = vec![LOG_VERSION];
+    bytes.extend(codec::encode(value)?);
+    Ok(bytes)
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AnyError> {
+    match bytes.split_first() {
+        Some((&LOG_VERSION, body)) => codec::decode(body, MAX_ENTRY).map_err(|e| AnyError::new(&e)),
+        Some((v, _)) => Err(AnyError::error(format!(
+            "log record has encoding version {v}, this binary reads {LOG_VERSION}"
+        ))),
+        None => Err(AnyError::error("empty log record")),
+    }
+}
+
+fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+struct Inner {
+    db: sled::Db,
+    log: sled::Tree,
+    meta: sled::Tree,
+    flusher: Flusher,
+}
+
+/// openraft's log storage. Cloning is cheap; clones share one store.
+#[derive(Clone)]
+pub struct LogStore {
+    inner: Arc<Inner>,
+}
+
+impl LogStore {
+    pub(super) fn open(db: sled::Db) -> Result<LogStore, sled::Error> {
+        let log = db.open_tree(LOG_TREE)?;
+        let meta = db.open_tree(META_TREE)?;
+        let flusher = Flusher::start(db.clone())?;
+        Ok(LogStore {
+            inner: Arc::new(Inner {
+                db,
+                log,
+                meta,
+                flusher,
+            }),
+        })
+    }
+
+    fn flush(&self) -> Result<(), sled::Error> {
+        self.inner.db.flush().map(|_| ())
+    }
+
+    fn read_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, AnyError> {
+        match self.inner.meta.get(key).map_err(|e| AnyError::new(&e))? {
+            Some(bytes) => decode(&bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn last_purged(&self) -> Result<Option<LogId>, StorageError> {
+        match self
+            .inner
+            .log
+            .get(PURGED_KEY)
+            .map_err(|e| StorageIOError::read_logs(&e))?
+        {
+            Some(bytes) => Ok(Some(decode(&bytes).map_err(StorageIOError::read_logs)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(&i) => Bound::Included(index_key(i)),
+            Bound::Excluded(&i) => Bound::Excluded(index_key(i)),
+            // The purge marker (the empty key) is not an entry.
+            Bound::Unbounded => Bound::Included(index_key(0)),
+        };
+        let end = match range.end_bound() {
+            Bound::Included(&i) => Bound::Included(index_key(i)),
+            Bound::Excluded(&i) => Bound::Excluded(index_key(i)),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let mut entries = Vec::new();
+        for item in self.inner.log.range::<[u8; 8], _>((start, end)) {
+            let (_, bytes) = item.map_err(|e| StorageIOError::read_logs(&e))?;
+            entries.push(decode::<Entry>(&bytes).map_err(StorageIOError::read_logs)?);
+        }
+        Ok(entries)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged_log_id = self.last_purged()?;
+        let last = self
+            .inner
+            .log
+            .last()
+            .map_err(|e| StorageIOError::read_logs(&e))?;
+        let last_log_id = match last {
+            Some((key, bytes)) if key.as_ref() != PURGED_KEY => Some(
+                decode::<Entry>(&bytes)
+                    .map_err(StorageIOError::read_logs)?
+                    .log_id,
+            ),
+            _ => last_purged_log_id,
+        };
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        let bytes = encode(vote).map_err(|e| StorageIOError::write_vote(&e))?;
+        self.inner
+            .meta
+            .insert(VOTE_KEY, bytes)
+            .map_err(|e| StorageIOError::write_vote(&e))?;
+        // A vote must be on disk before it is answered, or a restarted node
+        // could vote twice in one term.
+        self.flush().map_err(|e| StorageIOError::write_vote(&e))?;
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        Ok(self
+            .read_meta(VOTE_KEY)
+            .map_err(StorageIOError::read_vote)?)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // Not flushed: it only lets a restarted node re-apply sooner.
+        let bytes = encode(&committed).map_err(|e| StorageIOError::write(&e))?;
+        self.inner
+            .meta
+            .insert(COMMITTED_KEY, bytes)
+            .map_err(|e| StorageIOError::write(&e))?;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self
+            .read_meta::<Option<LogId>>(COMMITTED_KEY)
+            .map_err(StorageIOError::read)?
+            .flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = sled::Batch::default();
+        for entry in entries {
+            let bytes = encode(&entry).map_err(|e| StorageIOError::write_logs(&e))?;
+            batch.insert(&index_key(entry.log_id.index), bytes);
+        }
+        self.inner
+            .log
+            .apply_batch(batch)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        self.inner.flusher.submit(callback);
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut batch = sled::Batch::default();
+        for key in self.inner.log.range(index_key(log_id.index)..).keys() {
+            batch.remove(key.map_err(|e| StorageIOError::write_logs(&e))?);
+        }
+        self.inner
+            .log
+            .apply_batch(batch)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        self.flush().map_err(|e| StorageIOError::write_logs(&e))?;
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut batch = sled::Batch::default();
+        batch.insert(
+            PURGED_KEY,
+            encode(&log_id).map_err(|e| StorageIOError::write_logs(&e))?,
+        );
+        for key in self
+            .inner
+            .log
+            .range(index_key(0)..=index_key(log_id.index))
+            .keys()
+        {
+            batch.remove(key.map_err(|e| StorageIOError::write_logs(&e))?);
+        }
+        // One batch: the marker and the removal land together or not at all.
+        self.inner
+            .log
+            .apply_batch(batch)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,509 @@
+//! The state machine in sled (tree `state`), mirrored in memory for fast
+//! decisions and reads.
+//!
+//! Applying a batch of entries mutates the in-memory [`State`] and writes the
+//! records it changed, together with the last-applied log id, as one atomic
+//! sled batch. On start the in-memory state is rebuilt from the tree alone.
+//! Installing a snapshot rewrites the tree under an "installing" marker; a
+//! crash in the middle is finished from the snapshot file at the next start.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
+use serde::de::DeserializeOwned;
+
+use super::snapshot_file::{self, SnapshotFileError};
+use super::OpenError;
+use crate::command::Reply;
+use crate::records::{self, Change, Record, RecordError};
+use crate::state::State;
+use crate::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+
+const STATE_TREE: &str = "state";
+const APPLIED_KEY: &[u8] = b"m/applied";
+const MEMBERSHIP_KEY: &[u8] = b"m/membership";
+const INSTALLING_KEY: &[u8] = b"m/installing";
+const CURRENT_SNAPSHOT: &str = "current.snap";
+/// Records written per sled batch while a snapshot is restored.
+const RESTORE_BATCH: usize = 10_000;
+
+/// The state machine as every replica holds it in memory.
+#[derive(Debug, Default)]
+pub struct Machine {
+    pub state: State,
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership,
+}
+
+/// The in-memory state machine, shared with the daemon's readers.
+#[derive(Clone, Default)]
+pub struct SharedMachine(Arc<RwLock<Machine>>);
+
+impl SharedMachine {
+    /// Read access for queries. Never hold it across an await.
+    pub fn read(&self) -> RwLockReadGuard<'_, Machine> {
+        // A panic while the lock was held cannot leave a half-applied batch
+        // visible (the sled batch is what counts); keep serving reads.
+        self.0.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Machine> {
+        self.0.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum RestoreError {
+    #[error(transparent)]
+    Sled(#[from] sled::Error),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotFileError),
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error("{0}")]
+    Mismatch(String),
+}
+
+struct Inner {
+    db: sled::Db,
+    tree: sled::Tree,
+    dir: PathBuf,
+    machine: SharedMachine,
+    /// Meta of the snapshot in `current.snap`. Held while that file is replaced
+    /// or opened, so that a meta and a file handed out always match.
+    current: Mutex<Option<SnapshotMeta>>,
+}
+
+/// openraft's state machine storage. Cloning is cheap; clones share one store.
+#[derive(Clone)]
+pub struct StateMachineStore {
+    inner: Arc<Inner>,
+}
+
+fn decode_meta<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, RecordError> {
+    records::decode_value(key, bytes)
+}
+
+/// Rebuilds the machine from the tree alone.
+fn load_tree(tree: &sled::Tree) -> Result<Machine, RestoreError> {
+    let mut last_applied = None;
+    let mut membership = StoredMembership::default();
+    let mut recs = Vec::new();
+    for item in tree.iter() {
+        let (key, value) = item?;
+        match key.as_ref() {
+            APPLIED_KEY => last_applied = decode_meta(&key, &value)?,
+            MEMBERSHIP_KEY => membership = decode_meta(&key, &value)?,
+            k if k.first() == Some(&records::META) => {}
+            k => recs.push(Record::decode(k, &value)?),
+        }
+    }
+    Ok(Machine {
+        state: State::from_records(recs)?,
+        last_applied,
+        membership,
+    })
+}
+
+/// Replaces the tree's content with a (verified) snapshot file and returns
+/// the machine it holds.
+fn restore_tree(db: &sled::Db, tree: &sled::Tree, path: &Path) -> Result<Machine, RestoreError> {
+    tree.insert(
+        INSTALLING_KEY,
+        records::encode_value(&path.display().to_string()),
+    )?;
+    db.flush()?;
+    let mut batch = sled::Batch::default();
+    let mut pending = 0;
+    for key in tree.iter().keys() {
+        let key = key?;
+        if key.as_ref() != INSTALLING_KEY {
+            batch.remove(key);
+            pending += 1;
+        }
+        if pending == RESTORE_BATCH {
+            tree.apply_batch(std::mem::take(&mut batch))?;
+            pending = 0;
+        }
+    }
+    tree.apply_batch(std::mem::take(&mut batch))?;
+    pending = 0;
+
+    let mut recs = Vec::new();
+    let mut failure: Option<RestoreError> = None;
+    let meta = snapshot_file::read_records(path, |key, value| {
+        match Record::decode(&key, &value) {
+            Ok(record) => recs.push(record),
+            Err(e) => {
+                failure.get_or_insert(e.into());
+                return Ok(());
+            }
+        }
+        batch.insert(key, value);
+        pending += 1;
+        if pending == RESTORE_BATCH {
+            if let Err(e) = tree.apply_batch(std::mem::take(&mut batch)) {
+                failure.get_or_insert(e.into());
+            }
+            pending = 0;
+        }
+        Ok(())
+    })?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    batch.insert(APPLIED_KEY, records::encode_value(&meta.last_log_id));
+    batch.insert(MEMBERSHIP_KEY, records::encode_value(&meta.last_membership));
+    batch.remove(INSTALLING_KEY);
+    tree.apply_batch(batch)?;
+    db.flush()?;
+    Ok(Machine {
+        state: State::from_records(recs)?,
+        last_applied: meta.last_log_id,
+        membership: meta.last_membership,
+    })
+}
+
+fn remove_temporaries(dir: &Path) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().ends_with(".tmp") {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
+impl StateMachineStore {
+    pub(super) fn open(
+        db: sled::Db,
+        db_path: &Path,
+        dir: PathBuf,
+    ) -> Result<StateMachineStore, OpenError> {
+        let db_err = |source| OpenError::Database {
+            path: db_path.to_owned(),
+            source,
+        };
+        let tree = db.open_tree(STATE_TREE).map_err(db_err)?;
+        remove_temporaries(&dir);
+
+        let current_path = dir.join(CURRENT_SNAPSHOT);
+        let snapshot_err = |source| OpenError::Snapshot {
+            path: current_path.clone(),
+            source,
+        };
+        let current = if current_path.exists() {
+            snapshot_file::verify(&current_path).map_err(snapshot_err)?;
+            let mut file = fs::File::open(&current_path).map_err(|e| snapshot_err(e.into()))?;
+            Some(snapshot_file::read_meta(&mut file).map_err(snapshot_err)?)
+        } else {
+            None
+        };
+
+        let interrupted = tree.contains_key(INSTALLING_KEY).map_err(db_err)?;
+        let applied: Option<LogId> = match tree.get(APPLIED_KEY).map_err(db_err)? {
+            Some(bytes) => {
+                decode_meta(APPLIED_KEY, &bytes).map_err(|source| OpenError::Records {
+                    path: db_path.to_owned(),
+                    source,
+                })?
+            }
+            None => None,
+        };
+        let snapshot_is_ahead = current
+            .as_ref()
+            .is_some_and(|meta| meta.last_log_id > applied);
+
+        let restore_failed = |e: RestoreError| match e {
+            RestoreError::Sled(source) => OpenError::Database {
+                path: db_path.to_owned(),
+                source,
+            },
+            RestoreError::Record(source) => OpenError::Records {
+                path: db_path.to_owned(),
+                source,
+            },
+            RestoreError::Snapshot(source) => OpenError::Snapshot {
+                path: current_path.clone(),
+                source,
+            },
+            RestoreError::Mismatch(reason) => OpenError::Snapshot {
+                path: current_path.clone(),
+                source: SnapshotFileError::Io(std::io::Error::other(reason)),
+            },
+        };
+        let machine = if interrupted || snapshot_is_ahead {
+            // The state tree is behind the snapshot (a crash while installing
+            // it, or before the state was flushed): the snapshot is the truth.
+            tracing::warn!(
+                snapshot = %current_path.display(),
+                interrupted,
+                "restoring the state machine from the snapshot"
+            );
+            restore_tree(&db, &tree, &current_path).map_err(restore_failed)?
+        } else {
+            load_tree(&tree).map_err(restore_failed)?
+        };
+        tracing::info!(
+            allocations = machine.state.allocation_count(),
+            last_applied = ?machine.last_applied,
+            "state machine loaded"
+        );
+        Ok(StateMachineStore {
+            inner: Arc::new(Inner {
+                db,
+                tree,
+                dir,
+                machine: SharedMachine(Arc::new(RwLock::new(machine))),
+                current: Mutex::new(current),
+            }),
+        })
+    }
+
+    /// The in-memory state machine, for the daemon's reads.
+    pub fn shared(&self) -> SharedMachine {
+        self.inner.machine.clone()
+    }
+
+    fn current(&self) -> MutexGuard<'_, Option<SnapshotMeta>> {
+        self.inner
+            .current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn current_path(&self) -> PathBuf {
+        self.inner.dir.join(CURRENT_SNAPSHOT)
+    }
+
+    fn temp_path(&self, what: &str) -> Result<PathBuf, sled::Error> {
+        let id = self.inner.db.generate_id()?;
+        Ok(self.inner.dir.join(format!("{what}-{id}.tmp")))
+    }
+
+    fn apply_sync(&self, entries: Vec<Entry>) -> Result<Vec<Reply>, StorageError> {
+        let mut machine = self.inner.machine.write();
+        let mut journal: Vec<Change> = Vec::new();
+        let mut replies = Vec::with_capacity(entries.len());
+        let mut membership_changed = false;
+        let Some(last) = entries.last().map(|e| e.log_id) else {
+            return Ok(replies);
+        };
+        for entry in entries {
+            let reply = match entry.payload {
+                EntryPayload::Blank => Reply::Done,
+                EntryPayload::Normal(ref command) => machine.state.apply(command, &mut journal),
+                EntryPayload::Membership(membership) => {
+                    machine.membership = StoredMembership::new(Some(entry.log_id), membership);
+                    membership_changed = true;
+                    Reply::Done
+                }
+            };
+            replies.push(reply);
+        }
+        machine.last_applied = Some(last);
+
+        let mut batch = sled::Batch::default();
+        for change in journal {
+            match change {
+                Change::Put(key, value) => batch.insert(key, value),
+                Change::Delete(key) => batch.remove(key),
+            }
+        }
+        batch.insert(APPLIED_KEY, records::encode_value(&machine.last_applied));
+        if membership_changed {
+            batch.insert(MEMBERSHIP_KEY, records::encode_value(&machine.membership));
+        }
+        // State and last-applied land together or not at all.
+        self.inner
+            .tree
+            .apply_batch(batch)
+            .map_err(|e| StorageIOError::apply(last, &e))?;
+        Ok(replies)
+    }
+
+    /// Builds a snapshot file from the current state and makes it current.
+    fn build_sync(&self) -> Result<(), StorageError> {
+        let write_err = |e: &dyn std::error::Error| {
+            StorageIOError::write_snapshot(None, AnyError::error(e.to_string()))
+        };
+        let id = self.inner.db.generate_id().map_err(|e| write_err(&e))?;
+        let (meta, bytes) = {
+            let machine = self.inner.machine.read();
+            let snapshot_id = match machine.last_applied {
+                Some(l) => format!("{}-{}-{id}", l.leader_id.term, l.index),
+                None => format!("0-0-{id}"),
+            };
+            let meta = SnapshotMeta {
+                last_log_id: machine.last_applied,
+                last_membership: machine.membership.clone(),
+                snapshot_id,
+            };
+            let bytes =
+                snapshot_file::encode(&meta, machine.state.records().map(|r| (r.key(), r.value())));
+            (meta, bytes)
+        };
+        // The state must be on disk at least up to the snapshot before the log
+        // behind it can be purged.
+        self.inner.db.flush().map_err(|e| write_err(&e))?;
+        let tmp = self.inner.dir.join(format!("building-{id}.tmp"));
+        snapshot_file::write_synced(&tmp, &bytes).map_err(|e| write_err(&e))?;
+        let mut current = self.current();
+        if current
+            .as_ref()
+            .is_some_and(|c| c.last_log_id > meta.last_log_id)
+        {
+            // A newer snapshot was installed meanwhile: keep it.
+            let _ = fs::remove_file(&tmp);
+            return Ok(());
+        }
+        snapshot_file::publish(&tmp, &self.current_path()).map_err(|e| write_err(&e))?;
+        tracing::info!(snapshot = %meta.snapshot_id, bytes = bytes.len(), "snapshot built");
+        *current = Some(meta);
+        Ok(())
+    }
+
+    fn open_current(&self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let current = self.current();
+        let Some(meta) = current.clone() else {
+            return Ok(None);
+        };
+        let file = fs::File::open(self.current_path())
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
+        }))
+    }
+
+    fn install_sync(
+        &self,
+        meta: &SnapshotMeta,
+        mut received: fs::File,
+    ) -> Result<(), StorageError> {
+        let sig = Some(meta.signature());
+        let err = |e: &dyn std::error::Error| {
+            StorageIOError::write_snapshot(sig.clone(), AnyError::error(e.to_string()))
+        };
+        let tmp = self.temp_path("received").map_err(|e| err(&e))?;
+        snapshot_file::copy_synced(&mut received, &tmp).map_err(|e| err(&e))?;
+        let checked = snapshot_file::verify(&tmp).and_then(|_| {
+            let mut f = fs::File::open(&tmp)?;
+            snapshot_file::read_meta(&mut f)
+        });
+        let file_meta = match checked {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(err(&e).into());
+            }
+        };
+        if file_meta.last_log_id != meta.last_log_id
+            || file_meta.last_membership != meta.last_membership
+        {
+            let _ = fs::remove_file(&tmp);
+            return Err(err(&RestoreError::Mismatch(format!(
+                "received snapshot holds {:?}, the leader announced {:?}",
+                file_meta.last_log_id, meta.last_log_id
+            )))
+            .into());
+        }
+        let mut current = self.current();
+        snapshot_file::publish(&tmp, &self.current_path()).map_err(|e| err(&e))?;
+        *current = Some(file_meta);
+        let machine = restore_tree(&self.inner.db, &self.inner.tree, &self.current_path())
+            .map_err(|e| err(&e))?;
+        drop(current);
+        tracing::info!(
+            snapshot = %meta.snapshot_id,
+            allocations = machine.state.allocation_count(),
+            "snapshot installed"
+        );
+        *self.inner.machine.write() = machine;
+        remove_temporaries(&self.inner.dir);
+        Ok(())
+    }
+}
+
+fn join_err(e: tokio::task::JoinError) -> StorageError {
+    StorageIOError::write_state_machine(&e).into()
+}
+
+/// Builds snapshots off the state machine's task.
+pub struct SnapshotBuilder {
+    store: StateMachineStore,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.build_sync())
+            .await
+            .map_err(join_err)??;
+        self.store.open_current()?.ok_or_else(|| {
+            StorageIOError::read_snapshot(
+                None,
+                AnyError::error("snapshot vanished after it was built"),
+            )
+            .into()
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let machine = self.inner.machine.read();
+        Ok((machine.last_applied, machine.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Reply>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        self.apply_sync(entries.into_iter().collect())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            store: self.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let path = self
+            .temp_path("incoming")
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        Ok(Box::new(file))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError> {
+        let received = snapshot.into_std().await;
+        let store = self.clone();
+        let meta = meta.clone();
+        tokio::task::spawn_blocking(move || store.install_sync(&meta, received))
+            .await
+            .map_err(join_err)?
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        self.open_current()
+    }
+}
