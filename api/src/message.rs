@@ -18,8 +18,8 @@ pub enum Request {
     Check(CheckRequest),
     /// CNI GC: release this node's attachments of a network that are not listed.
     Gc(GcRequest),
-    /// CNI STATUS: can the cluster commit an ADD now?
-    Ready,
+    /// CNI STATUS: can the cluster commit an ADD for these subnets now?
+    Ready(ReadyRequest),
     /// `ipkeepctl status`.
     NodeStatus,
     SubnetCreate(SubnetSpec),
@@ -122,6 +122,13 @@ pub struct GcRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GcResult {
     pub released: Vec<(AttachmentKey, Vec<IpAddr>)>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadyRequest {
+    /// The subnet sets of the network's ipam config; each must have a subnet
+    /// with a free address. Empty: only the cluster's health is checked.
+    pub subnets: Vec<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -81,6 +81,12 @@ impl LogStore {
         self.inner.db.flush().map(|_| ())
     }
 
+    /// Flushes everything written so far (log and state) to disk; for a
+    /// clean shutdown.
+    pub fn sync(&self) -> std::io::Result<()> {
+        self.flush().map_err(std::io::Error::other)
+    }
+
     fn read_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, AnyError> {
         match self.inner.meta.get(key).map_err(|e| AnyError::new(&e))? {
             Some(bytes) => decode(&bytes).map(Some),

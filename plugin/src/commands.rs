@@ -1,0 +1,164 @@
+//! One function per CNI command. Each asks the node daemon and shapes its
+//! answer; the daemon makes every decision.
+
+use std::net::IpAddr;
+
+use ipkeep_api::message::{
+    AddRequest, CheckRequest, DelRequest, GcRequest, ReadyRequest, Request, Response,
+};
+use ipkeep_api::{code, expect_response, Client, ClientError};
+use ipnet::IpNet;
+use serde_json::{json, Value};
+
+use crate::config::{self, Settings};
+use crate::env::{CniEnv, Command};
+use crate::error::PluginError;
+use crate::result::ipam_result;
+use crate::version;
+
+/// What a successful command prints on stdout.
+pub enum Output {
+    Json(Value),
+    /// GC and STATUS print nothing on success.
+    Nothing,
+}
+
+pub fn run(env: &CniEnv, json: Option<Value>) -> Result<Output, PluginError> {
+    if env.command == Command::Version {
+        return Ok(Output::Json(version_info(json.as_ref())));
+    }
+    let json = json.ok_or_else(|| {
+        PluginError::decode("stdin is empty; a network configuration is required")
+    })?;
+    let settings = config::settle(json)?;
+    let needs = |min: &str| {
+        if version::at_least(&settings.cni_version, min) {
+            Ok(())
+        } else {
+            Err(PluginError::version(format!(
+                "{} needs cniVersion {min} or later; the configuration says {}",
+                env.command.name(),
+                settings.cni_version
+            )))
+        }
+    };
+    match env.command {
+        Command::Add => add(env, &settings),
+        Command::Del => del(env, &settings),
+        Command::Check => {
+            needs("0.4.0")?;
+            check(env, &settings)
+        }
+        Command::Gc => {
+            needs("1.1.0")?;
+            gc(&settings)
+        }
+        Command::Status => {
+            needs("1.1.0")?;
+            status(&settings)
+        }
+        Command::Version => unreachable!("handled above"),
+    }
+}
+
+fn version_info(json: Option<&Value>) -> Value {
+    let asked = config::declared_version(json).unwrap_or_else(|| version::CURRENT.to_owned());
+    json!({"cniVersion": asked, "supportedVersions": version::SUPPORTED})
+}
+
+fn call(settings: &Settings, request: &Request) -> Result<Response, ClientError> {
+    Client::connect(&settings.socket, settings.timeout)?.call(request)
+}
+
+fn api(e: ClientError) -> PluginError {
+    e.to_api_error().into()
+}
+
+fn add(env: &CniEnv, settings: &Settings) -> Result<Output, PluginError> {
+    let request = Request::Add(AddRequest {
+        key: env.key(&settings.network),
+        netns: env.netns.clone(),
+        subnets: settings.subnets.clone(),
+        pod: env.args.pod.clone(),
+    });
+    let response = call(settings, &request).map_err(api)?;
+    let result = expect_response!(response, Response::Added(r) => r, "Added").map_err(api)?;
+    for ip in &result.ips {
+        tracing::info!(address = %ip.address, subnet = %ip.subnet, "allocated");
+    }
+    Ok(Output::Json(ipam_result(&settings.cni_version, &result)))
+}
+
+fn del(env: &CniEnv, settings: &Settings) -> Result<Output, PluginError> {
+    let request = Request::Del(DelRequest {
+        key: env.key(&settings.network),
+    });
+    let response = call(settings, &request).map_err(api)?;
+    let result = expect_response!(response, Response::Deleted(r) => r, "Deleted").map_err(api)?;
+    tracing::info!(released = ?result.released, "released");
+    // DEL prints nothing (its result is ignored by runtimes); an empty object
+    // is not valid either, so print nothing.
+    Ok(Output::Nothing)
+}
+
+/// The addresses a prevResult lists, which the attachment must hold.
+fn prev_addresses(prev: Option<&Value>) -> Result<Vec<IpAddr>, PluginError> {
+    let Some(ips) = prev.and_then(|p| p.get("ips")).and_then(Value::as_array) else {
+        return Ok(vec![]);
+    };
+    ips.iter()
+        .enumerate()
+        .map(|(i, ip)| {
+            let text = ip
+                .get("address")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            text.parse::<IpNet>().map(|n| n.addr()).map_err(|_| {
+                PluginError::config(
+                    &format!("prevResult.ips[{i}].address"),
+                    format!("{text:?} is not an address in CIDR notation"),
+                )
+            })
+        })
+        .collect()
+}
+
+fn check(env: &CniEnv, settings: &Settings) -> Result<Output, PluginError> {
+    let expect = prev_addresses(settings.prev_result.as_ref())?;
+    let request = Request::Check(CheckRequest {
+        key: env.key(&settings.network),
+        expect,
+    });
+    let response = call(settings, &request).map_err(api)?;
+    expect_response!(response, Response::Checked => (), "Checked").map_err(api)?;
+    Ok(Output::Nothing)
+}
+
+fn gc(settings: &Settings) -> Result<Output, PluginError> {
+    let request = Request::Gc(GcRequest {
+        network: settings.network.clone(),
+        valid: settings.gc_keep.clone(),
+    });
+    let response = call(settings, &request).map_err(api)?;
+    let result =
+        expect_response!(response, Response::Collected(r) => r, "Collected").map_err(api)?;
+    for (key, addresses) in &result.released {
+        tracing::info!(attachment = %key, ?addresses, "released by GC");
+    }
+    Ok(Output::Nothing)
+}
+
+/// STATUS answers 50 whenever ADD could not be served: the spec gives STATUS
+/// its own codes, so an unreachable daemon is 50 here, not 11.
+fn status(settings: &Settings) -> Result<Output, PluginError> {
+    let request = Request::Ready(ReadyRequest {
+        subnets: settings.subnets.clone(),
+    });
+    let outcome =
+        call(settings, &request).and_then(|r| expect_response!(r, Response::Ready => (), "Ready"));
+    outcome.map(|_| Output::Nothing).map_err(|e| {
+        let mut err = PluginError::from(e.to_api_error());
+        err.code = code::NOT_AVAILABLE;
+        err
+    })
+}

@@ -1,0 +1,285 @@
+//! The network configuration on stdin, and the ipam section ipkeep reads.
+//!
+//! As IPAM plugin of bridge, macvlan or ptp, ipkeep receives the whole
+//! network configuration and reads its `ipam` object:
+//!
+//! ```json
+//! "ipam": { "type": "ipkeep", "subnet": "default" }
+//! "ipam": { "type": "ipkeep", "subnets": ["pods-v4", "pods-v6"] }
+//! "ipam": { "type": "ipkeep", "subnets": [["rack1", "rack2"], "pods-v6"],
+//!           "socket": "/run/ipkeep/ipkeepd.sock", "timeoutMs": 10000,
+//!           "logFile": "/var/log/ipkeep/plugin.log", "logLevel": "info" }
+//! ```
+//!
+//! `subnets` lists one entry per address family; an entry that is itself a
+//! list names alternatives, tried in order.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipkeep_api::names::{check_cni_identifier, check_object_name};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::PluginError;
+use crate::version;
+
+pub const DEFAULT_LOG_FILE: &str = "/var/log/ipkeep/plugin.log";
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_SUBNET: &str = "default";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum SubnetChoice {
+    One(String),
+    AnyOf(Vec<String>),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IpamConf {
+    #[serde(rename = "type", default)]
+    pub ipam_type: String,
+    pub subnet: Option<String>,
+    pub subnets: Option<Vec<SubnetChoice>>,
+    pub socket: Option<PathBuf>,
+    pub timeout_ms: Option<u64>,
+    // Read from the raw JSON by `log_settings` before anything else can fail;
+    // declared here so that a value of the wrong type is refused with its path.
+    #[allow(dead_code)]
+    pub log_file: Option<PathBuf>,
+    #[allow(dead_code)]
+    pub log_level: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GcAttachment {
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    pub ifname: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetConf {
+    #[serde(default)]
+    pub cni_version: String,
+    #[serde(default)]
+    pub name: String,
+    pub ipam: Option<IpamConf>,
+    pub prev_result: Option<Value>,
+    #[serde(rename = "cni.dev/valid-attachments")]
+    pub valid_attachments: Option<Vec<GcAttachment>>,
+    #[serde(rename = "cni.dev/attachments")]
+    pub attachments: Option<Vec<GcAttachment>>,
+}
+
+/// What the plugin needs from the configuration, checked.
+#[derive(Debug)]
+pub struct Settings {
+    pub cni_version: String,
+    pub network: String,
+    pub subnets: Vec<Vec<String>>,
+    pub socket: PathBuf,
+    pub timeout: Duration,
+    pub prev_result: Option<Value>,
+    pub gc_keep: Vec<(String, String)>,
+}
+
+/// Parses stdin as JSON; a syntax error is CNI error 6.
+pub fn parse_json(stdin: &str) -> Result<Value, PluginError> {
+    serde_json::from_str(stdin)
+        .map_err(|e| PluginError::decode(format!("stdin is not a JSON network configuration: {e}")))
+}
+
+/// Where the plugin logs, read before anything else can fail.
+pub fn log_settings(json: Option<&Value>) -> (PathBuf, String) {
+    let ipam = json.and_then(|j| j.get("ipam"));
+    let file = ipam
+        .and_then(|i| i.get("logFile"))
+        .and_then(Value::as_str)
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("IPKEEP_PLUGIN_LOG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_LOG_FILE));
+    let level = ipam
+        .and_then(|i| i.get("logLevel"))
+        .and_then(Value::as_str)
+        .unwrap_or("info")
+        .to_owned();
+    (file, level)
+}
+
+/// The config's cniVersion, if it can be read at all (for error objects).
+pub fn declared_version(json: Option<&Value>) -> Option<String> {
+    json?.get("cniVersion")?.as_str().map(str::to_owned)
+}
+
+pub fn check_version(v: &str) -> Result<(), PluginError> {
+    if version::is_supported(v) {
+        return Ok(());
+    }
+    let shown = if v.is_empty() {
+        "(missing)".to_owned()
+    } else {
+        format!("{v:?}")
+    };
+    Err(PluginError::version(format!(
+        "cniVersion {shown} is not supported; ipkeep speaks {}",
+        version::SUPPORTED.join(", ")
+    )))
+}
+
+fn subnet_sets(ipam: &IpamConf) -> Result<Vec<Vec<String>>, PluginError> {
+    let sets = match (&ipam.subnet, &ipam.subnets) {
+        (Some(_), Some(_)) => {
+            return Err(PluginError::config(
+                "ipam",
+                "give either subnet or subnets, not both",
+            ))
+        }
+        (Some(one), None) => vec![vec![one.clone()]],
+        (None, Some(list)) => list
+            .iter()
+            .map(|c| match c {
+                SubnetChoice::One(s) => vec![s.clone()],
+                SubnetChoice::AnyOf(v) => v.clone(),
+            })
+            .collect(),
+        (None, None) => vec![vec![DEFAULT_SUBNET.to_owned()]],
+    };
+    if sets.is_empty() {
+        return Err(PluginError::config("ipam.subnets", "is empty"));
+    }
+    if sets.len() > 2 {
+        return Err(PluginError::config(
+            "ipam.subnets",
+            format!(
+                "lists {} entries; give one per address family (at most an IPv4 and an IPv6)",
+                sets.len()
+            ),
+        ));
+    }
+    for (i, set) in sets.iter().enumerate() {
+        if set.is_empty() {
+            return Err(PluginError::config(
+                &format!("ipam.subnets[{i}]"),
+                "is an empty list",
+            ));
+        }
+        for name in set {
+            check_object_name(name)
+                .map_err(|r| PluginError::config(&format!("ipam.subnets[{i}]"), r))?;
+        }
+    }
+    Ok(sets)
+}
+
+/// Checks the whole configuration for a command that talks to the daemon.
+pub fn settle(json: Value) -> Result<Settings, PluginError> {
+    let conf: NetConf = serde_path_to_error::deserialize(json).map_err(|e| {
+        let path = e.path().to_string();
+        PluginError::config(if path == "." { "config" } else { &path }, e.inner())
+    })?;
+    check_version(&conf.cni_version)?;
+    check_cni_identifier(&conf.name).map_err(|r| PluginError::config("name", r))?;
+    let ipam = conf.ipam.ok_or_else(|| {
+        PluginError::config(
+            "ipam",
+            "is missing; ipkeep needs {\"type\": \"ipkeep\", \"subnet\": NAME}",
+        )
+    })?;
+    if !ipam.ipam_type.is_empty() && ipam.ipam_type != "ipkeep" {
+        return Err(PluginError::config(
+            "ipam.type",
+            format!("is {:?}; this is the ipkeep plugin", ipam.ipam_type),
+        ));
+    }
+    let subnets = subnet_sets(&ipam)?;
+    let timeout = match ipam.timeout_ms {
+        Some(0) => return Err(PluginError::config("ipam.timeoutMs", "must be above 0")),
+        Some(ms) => Duration::from_millis(ms),
+        None => DEFAULT_TIMEOUT,
+    };
+    let mut gc_keep = Vec::new();
+    for a in conf
+        .valid_attachments
+        .iter()
+        .chain(conf.attachments.iter())
+        .flatten()
+    {
+        let pair = (a.container_id.clone(), a.ifname.clone());
+        if !gc_keep.contains(&pair) {
+            gc_keep.push(pair);
+        }
+    }
+    Ok(Settings {
+        cni_version: conf.cni_version,
+        network: conf.name,
+        subnets,
+        socket: ipam
+            .socket
+            .unwrap_or_else(|| PathBuf::from(ipkeep_api::DEFAULT_SOCKET)),
+        timeout,
+        prev_result: conf.prev_result,
+        gc_keep,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn reads_single_and_dual_stack() {
+        let s = settle(
+            json!({"cniVersion": "1.0.0", "name": "net", "type": "bridge",
+            "ipam": {"type": "ipkeep", "subnet": "pods"}}),
+        )
+        .unwrap();
+        assert_eq!(s.subnets, vec![vec!["pods".to_string()]]);
+        let s = settle(json!({"cniVersion": "0.4.0", "name": "net",
+            "ipam": {"type": "ipkeep", "subnets": [["a", "b"], "v6"], "socket": "/tmp/x.sock"}}))
+        .unwrap();
+        assert_eq!(
+            s.subnets,
+            vec![
+                vec!["a".to_string(), "b".to_string()],
+                vec!["v6".to_string()]
+            ]
+        );
+        assert_eq!(s.socket, PathBuf::from("/tmp/x.sock"));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = settle(json!({"cniVersion": "1.0.0", "name": "net", "ipam": {"subnet": 5}}))
+            .unwrap_err();
+        assert_eq!(e.code, 7);
+        assert!(e.details.starts_with("ipam.subnet"), "{e}");
+        let e = settle(json!({"cniVersion": "1.0.0", "name": "net"})).unwrap_err();
+        assert!(e.details.starts_with("ipam"), "{e}");
+        let e = settle(json!({"cniVersion": "0.2.0", "name": "net", "ipam": {}})).unwrap_err();
+        assert_eq!(e.code, 1);
+        let e = settle(json!({"cniVersion": "1.0.0", "name": "bad name", "ipam": {}})).unwrap_err();
+        assert!(e.details.starts_with("name"), "{e}");
+        let e = settle(
+            json!({"cniVersion": "1.0.0", "name": "n", "ipam": {"subnet": "a", "subnets": ["b"]}}),
+        )
+        .unwrap_err();
+        assert!(e.details.starts_with("ipam"), "{e}");
+        let e = settle(json!({"cniVersion": "1.0.0", "name": "n", "ipam": {"type": "host-local"}}))
+            .unwrap_err();
+        assert!(e.details.starts_with("ipam.type"), "{e}");
+    }
+
+    #[test]
+    fn gc_reads_both_attachment_keys() {
+        let s = settle(json!({"cniVersion": "1.1.0", "name": "n", "ipam": {},
+            "cni.dev/valid-attachments": [{"containerID": "a", "ifname": "eth0"}],
+            "cni.dev/attachments": [{"containerID": "a", "ifname": "eth0"}, {"containerID": "b", "ifname": "eth0"}]}))
+        .unwrap();
+        assert_eq!(s.gc_keep.len(), 2);
+    }
+}

@@ -1,0 +1,196 @@
+//! The node API on a unix socket: framed requests in, framed responses out.
+//!
+//! The socket is created mode 0600 under a temporary name and renamed into
+//! place, so that it is never reachable with looser permissions. Each
+//! connection is served by its own task; a bad frame closes that connection
+//! and nothing else.
+
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use ipkeep_api::codec::{self, CodecError, MAX_REQUEST_FRAME};
+use ipkeep_api::message::{Request, Response};
+use ipkeep_api::{code, ApiError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::node::Node;
+use crate::service;
+
+/// Connections served at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 4096;
+/// A connection idle this long between requests is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub struct ApiServer {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl ApiServer {
+    /// Binds the socket, refusing to take over one that a live daemon serves.
+    pub async fn bind(path: &Path) -> anyhow::Result<ApiServer> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(dir)
+                .with_context(|| format!("creating socket directory {}", dir.display()))?;
+        }
+        if path.exists() {
+            if UnixStream::connect(path).await.is_ok() {
+                bail!(
+                    "another ipkeepd is already serving {}; stop it first or pick another --socket",
+                    path.display()
+                );
+            }
+            std::fs::remove_file(path)
+                .with_context(|| format!("removing stale socket {}", path.display()))?;
+        }
+        let staging = path.with_extension(format!("{}.tmp", std::process::id()));
+        let _ = std::fs::remove_file(&staging);
+        let listener = UnixListener::bind(&staging)
+            .with_context(|| format!("binding {}", staging.display()))?;
+        std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("setting mode 0600 on {}", staging.display()))?;
+        std::fs::rename(&staging, path)
+            .with_context(|| format!("moving socket into place at {}", path.display()))?;
+        Ok(ApiServer {
+            listener,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Serves until `stop` turns true, then waits for requests in flight.
+    pub async fn serve(self, node: Arc<Node>, mut stop: watch::Receiver<bool>) {
+        let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let mut connections = JoinSet::new();
+        loop {
+            let permit = tokio::select! {
+                _ = stop.changed() => break,
+                permit = permits.clone().acquire_owned() => match permit {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            let accepted = tokio::select! {
+                _ = stop.changed() => break,
+                accepted = self.listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, _)) => {
+                    let node = node.clone();
+                    let stop = stop.clone();
+                    connections.spawn(async move {
+                        if let Err(e) = serve_connection(&node, stream, stop).await {
+                            tracing::debug!(error = %e, "node API connection closed");
+                        }
+                        drop(permit);
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a node API connection failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+            // Reap finished connections so the set does not grow.
+            while connections.try_join_next().is_some() {}
+        }
+        let _ = std::fs::remove_file(&self.path);
+        // Requests already being served get their answers.
+        let drain = async { while connections.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(10), drain)
+            .await
+            .is_err()
+        {
+            tracing::warn!("node API requests still running at shutdown were dropped");
+        }
+    }
+}
+
+async fn read_request(stream: &mut UnixStream) -> Result<Option<Request>, CodecError> {
+    let mut header = [0u8; 4];
+    match stream.read_exact(&mut header).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = codec::frame_len(header, MAX_REQUEST_FRAME)?;
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).await?;
+    codec::decode_frame_body(&body).map(Some)
+}
+
+async fn write_response(stream: &mut UnixStream, response: &Response) -> io::Result<()> {
+    let frame = codec::encode_frame(response).map_err(io::Error::other)?;
+    stream.write_all(&frame).await
+}
+
+async fn serve_connection(
+    node: &Node,
+    mut stream: UnixStream,
+    mut stop: watch::Receiver<bool>,
+) -> io::Result<()> {
+    loop {
+        let request = tokio::select! {
+            _ = stop.changed() => return Ok(()),
+            r = tokio::time::timeout(IDLE_TIMEOUT, read_request(&mut stream)) => match r {
+                Err(_) => return Ok(()),
+                Ok(r) => r,
+            },
+        };
+        let request = match request {
+            Ok(Some(request)) => request,
+            Ok(None) => return Ok(()),
+            Err(CodecError::Io(e)) => return Err(e),
+            Err(e) => {
+                // Say why before closing: a plugin of another version must
+                // get a clear error, not a dropped connection.
+                let code = if matches!(e, CodecError::Version { .. }) {
+                    code::PROTOCOL
+                } else {
+                    code::DECODE
+                };
+                let error = ApiError::new(code, "bad request frame", e.to_string());
+                tracing::warn!(error = %e, "refused a bad node API frame");
+                let _ = write_response(&mut stream, &Response::Error(error)).await;
+                return Ok(());
+            }
+        };
+        let started = std::time::Instant::now();
+        let kind = request_kind(&request);
+        let response = service::handle(node, request).await;
+        if let Response::Error(e) = &response {
+            tracing::info!(request = kind, code = e.code, error = %e, elapsed_us = started.elapsed().as_micros() as u64, "request failed");
+        } else {
+            tracing::debug!(
+                request = kind,
+                elapsed_us = started.elapsed().as_micros() as u64,
+                "request served"
+            );
+        }
+        write_response(&mut stream, &response).await?;
+    }
+}
+
+fn request_kind(request: &Request) -> &'static str {
+    match request {
+        Request::Add(_) => "add",
+        Request::Del(_) => "del",
+        Request::Check(_) => "check",
+        Request::Gc(_) => "gc",
+        Request::Ready(_) => "ready",
+        Request::NodeStatus => "status",
+        Request::SubnetCreate(_) => "subnet-create",
+        Request::SubnetList => "subnet-list",
+        Request::SubnetShow { .. } => "subnet-show",
+        Request::SubnetDelete { .. } => "subnet-delete",
+        Request::IpList(_) => "ip-list",
+    }
+}

@@ -1,0 +1,10 @@
+//! ipkeepd, the ipkeep node daemon: openraft wiring, the node API on a unix
+//! socket, bootstrap and the peer network.
+
+pub mod api_server;
+pub mod bootstrap;
+pub mod config;
+pub mod daemon;
+pub mod network;
+pub mod node;
+pub mod service;

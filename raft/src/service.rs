@@ -1,0 +1,172 @@
+//! The node API: one function per request, from a decoded request to the
+//! response. Writes are proposed through Raft; reads come from this node's
+//! replica.
+
+use ipkeep_api::message::{
+    AddRequest, CheckRequest, DelRequest, GcRequest, IpListRequest, ReadyRequest, Request, Response,
+};
+use ipkeep_api::model::AttachmentKey;
+use ipkeep_api::names::{check_cni_identifier, check_ifname, check_object_name};
+use ipkeep_api::{code, ApiError};
+use ipkeep_store::subnet::settle;
+use ipkeep_store::{Command, Reply};
+
+use crate::node::{now_ms, Node};
+
+pub async fn handle(node: &Node, request: Request) -> Response {
+    let outcome = match request {
+        Request::Add(req) => add(node, req).await,
+        Request::Del(req) => del(node, req).await,
+        Request::Check(req) => check(node, req),
+        Request::Gc(req) => gc(node, req).await,
+        Request::Ready(req) => ready(node, req).await,
+        Request::NodeStatus => Ok(Response::NodeStatus(node.status())),
+        Request::SubnetCreate(spec) => {
+            // Settled here too, so a bad spec is refused before it reaches the log.
+            match settle(&spec) {
+                Err(e) => Err(e),
+                Ok(_) => node
+                    .propose(Command::CreateSubnet { spec })
+                    .await
+                    .and_then(|r| match r {
+                        Reply::SubnetCreated(info) => Ok(Response::Subnet(info)),
+                        other => Err(unexpected(other)),
+                    }),
+            }
+        }
+        Request::SubnetList => {
+            let m = node.machine.read();
+            let names: Vec<String> = m.state.subnets().map(|s| s.name().to_owned()).collect();
+            Ok(Response::Subnets(
+                names
+                    .iter()
+                    .filter_map(|n| m.state.subnet_info(n))
+                    .collect(),
+            ))
+        }
+        Request::SubnetShow { name } => node
+            .machine
+            .read()
+            .state
+            .subnet_info(&name)
+            .map(Response::Subnet)
+            .ok_or_else(|| ApiError::not_found(format!("no subnet named {name}"))),
+        Request::SubnetDelete { name } => node
+            .propose(Command::DeleteSubnet { name })
+            .await
+            .map(|_| Response::SubnetDeleted),
+        Request::IpList(req) => Ok(ip_list(node, &req)),
+    };
+    outcome.unwrap_or_else(Response::Error)
+}
+
+fn unexpected(reply: Reply) -> ApiError {
+    ApiError::internal(format!(
+        "unexpected reply from the state machine: {reply:?}"
+    ))
+}
+
+fn invalid_config(detail: String) -> ApiError {
+    ApiError::new(
+        code::INVALID_CONFIG,
+        "invalid network configuration",
+        detail,
+    )
+}
+
+/// Checks the parts of a key that become part of stored record keys; the
+/// plugin checks them too, but the daemon must not trust its callers.
+fn check_key(key: &AttachmentKey) -> Result<(), ApiError> {
+    let env = |var: &str, reason: String| {
+        ApiError::new(
+            code::INVALID_ENV,
+            format!("invalid {var}"),
+            format!("{var}: {reason}"),
+        )
+    };
+    check_cni_identifier(&key.network).map_err(|r| invalid_config(format!("name: {r}")))?;
+    check_cni_identifier(&key.container_id).map_err(|r| env("CNI_CONTAINERID", r))?;
+    check_ifname(&key.ifname).map_err(|r| env("CNI_IFNAME", r))?;
+    Ok(())
+}
+
+fn check_subnet_sets(sets: &[Vec<String>]) -> Result<(), ApiError> {
+    if sets.is_empty() || sets.iter().any(|s| s.is_empty()) {
+        return Err(invalid_config("ipam.subnet: no subnet named".into()));
+    }
+    for name in sets.iter().flatten() {
+        check_object_name(name).map_err(|r| invalid_config(format!("ipam.subnet: {r}")))?;
+    }
+    Ok(())
+}
+
+async fn add(node: &Node, request: AddRequest) -> Result<Response, ApiError> {
+    check_key(&request.key)?;
+    check_subnet_sets(&request.subnets)?;
+    let command = Command::Add {
+        request,
+        node: node.name.clone(),
+        at_ms: now_ms(),
+    };
+    match node.propose(command).await? {
+        Reply::Added(result) => Ok(Response::Added(result)),
+        other => Err(unexpected(other)),
+    }
+}
+
+async fn del(node: &Node, request: DelRequest) -> Result<Response, ApiError> {
+    check_key(&request.key)?;
+    match node.propose(Command::Del { key: request.key }).await? {
+        Reply::Deleted(result) => Ok(Response::Deleted(result)),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn check(node: &Node, request: CheckRequest) -> Result<Response, ApiError> {
+    check_key(&request.key)?;
+    node.machine.read().state.check(&request)?;
+    Ok(Response::Checked)
+}
+
+async fn gc(node: &Node, request: GcRequest) -> Result<Response, ApiError> {
+    check_cni_identifier(&request.network).map_err(|r| invalid_config(format!("name: {r}")))?;
+    let command = Command::Gc {
+        network: request.network,
+        node: node.name.clone(),
+        valid: request.valid,
+    };
+    match node.propose(command).await? {
+        Reply::Collected(result) => Ok(Response::Collected(result)),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// CNI STATUS: the cluster can commit, and every subnet set of the network
+/// has a subnet with a free address.
+async fn ready(node: &Node, request: ReadyRequest) -> Result<Response, ApiError> {
+    let not_available =
+        |detail: String| ApiError::new(code::NOT_AVAILABLE, "ipkeep cannot serve ADD now", detail);
+    node.ensure_writable()
+        .await
+        .map_err(|e| not_available(e.details))?;
+    let machine = node.machine.read();
+    for set in &request.subnets {
+        let usable = set.iter().any(|name| {
+            machine
+                .state
+                .subnet(name)
+                .is_some_and(|s| s.usage().free > 0)
+        });
+        if !usable {
+            return Err(not_available(format!(
+                "no free address in subnet {} (or it does not exist)",
+                set.join(", ")
+            )));
+        }
+    }
+    Ok(Response::Ready)
+}
+
+fn ip_list(node: &Node, request: &IpListRequest) -> Response {
+    Response::Ips(node.machine.read().state.ip_page(request))
+}
