@@ -31,6 +31,24 @@ pub enum Request {
         name: String,
     },
     IpList(IpListRequest),
+    /// The members of the cluster, with replication progress when asked on the leader.
+    MemberList,
+    /// Add a node as a learner (it replicates, serves reads, forwards writes).
+    MemberAdd {
+        id: u64,
+        addr: String,
+    },
+    /// Make a learner a voter.
+    MemberPromote {
+        id: u64,
+    },
+    /// Remove a voter or a learner from the cluster.
+    MemberRemove {
+        id: u64,
+    },
+    /// Serve the inner (read) request only after this node has applied
+    /// everything the leader had committed when the request arrived.
+    Linearize(Box<Request>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,6 +63,7 @@ pub enum Response {
     Subnets(Vec<SubnetInfo>),
     SubnetDeleted,
     Ips(IpPage),
+    Members(Vec<MemberInfo>),
     Error(ApiError),
 }
 
@@ -62,6 +81,7 @@ impl Response {
             Response::Subnets(_) => "Subnets",
             Response::SubnetDeleted => "SubnetDeleted",
             Response::Ips(_) => "Ips",
+            Response::Members(_) => "Members",
             Response::Error(_) => "Error",
         }
     }
@@ -175,4 +195,18 @@ pub struct NodeStatus {
     pub purged_index: Option<u64>,
     pub voters: Vec<u64>,
     pub learners: Vec<u64>,
+}
+
+/// One member of the cluster, as `ipkeepctl member list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    pub id: u64,
+    pub addr: String,
+    /// "voter" or "learner".
+    pub role: String,
+    pub leader: bool,
+    /// The last log index the leader knows this member holds (asked on the leader only).
+    pub matched: Option<u64>,
+    /// How many entries the member is behind the leader's log (asked on the leader only).
+    pub lag: Option<u64>,
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use ipkeep_api::message::{IpEntry, IpListRequest, NodeStatus, Request, Response};
+use ipkeep_api::message::{IpEntry, IpListRequest, MemberInfo, NodeStatus, Request, Response};
 use ipkeep_api::model::{Dns, GatewaySpec, IpRange, Route, SubnetInfo, SubnetSpec};
 use ipkeep_api::{expect_response, Client, ClientError};
 use ipnet::IpNet;
@@ -39,6 +39,12 @@ struct Cli {
     #[arg(long, global = true, default_value_t = 15_000)]
     timeout_ms: u64,
 
+    /// Reads reflect every write committed before them, wherever it was
+    /// made (the node first catches up with the leader). Default: this
+    /// node's replica, which may lag a follower's by a few milliseconds.
+    #[arg(long, global = true)]
+    linearizable: bool,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -53,6 +59,25 @@ enum Command {
     /// Held addresses.
     #[command(subcommand)]
     Ip(IpCommand),
+    /// Cluster members: list, add (as learner), promote, remove.
+    #[command(subcommand)]
+    Member(MemberCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum MemberCommand {
+    /// List members: id, peer address, voter or learner, leader, replication lag.
+    List,
+    /// Add a node as a learner. Start it first with --join and the cluster secret.
+    Add {
+        id: u64,
+        /// The node's --listen address, IP:PORT.
+        addr: String,
+    },
+    /// Make a learner a voter (a cluster has at most 5 voters).
+    Promote { id: u64 },
+    /// Remove a voter or a learner.
+    Remove { id: u64 },
 }
 
 #[derive(Debug, Subcommand)]
@@ -142,11 +167,21 @@ fn parse_route(s: &str) -> Result<Route, String> {
 struct Session {
     client: Client,
     output: Output,
+    linearizable: bool,
 }
 
 impl Session {
     fn call(&mut self, request: &Request) -> Result<Response, ClientError> {
         self.client.call(request)
+    }
+
+    /// A read, made linearizable when asked.
+    fn read(&mut self, request: Request) -> Result<Response, ClientError> {
+        if self.linearizable {
+            self.client.call(&Request::Linearize(Box::new(request)))
+        } else {
+            self.client.call(&request)
+        }
     }
 
     fn print<T: Serialize>(&self, value: &T, table: impl FnOnce() -> String) -> anyhow::Result<()> {
@@ -245,12 +280,12 @@ fn subnet(session: &mut Session, command: SubnetCommand) -> anyhow::Result<()> {
             session.print(&info, || subnet_detail(&info))
         }
         SubnetCommand::List => {
-            let response = session.call(&Request::SubnetList)?;
+            let response = session.read(Request::SubnetList)?;
             let list = expect_response!(response, Response::Subnets(s) => s, "Subnets")?;
             session.print(&list, || subnet_table(&list))
         }
         SubnetCommand::Show { name } => {
-            let response = session.call(&Request::SubnetShow { name })?;
+            let response = session.read(Request::SubnetShow { name })?;
             let info = expect_response!(response, Response::Subnet(s) => s, "Subnet")?;
             session.print(&info, || subnet_detail(&info))
         }
@@ -285,7 +320,7 @@ fn ip(session: &mut Session, command: IpCommand) -> anyhow::Result<()> {
     };
     let mut entries = Vec::new();
     loop {
-        let response = session.call(&Request::IpList(request.clone()))?;
+        let response = session.read(Request::IpList(request.clone()))?;
         let page = expect_response!(response, Response::Ips(p) => p, "Ips")?;
         entries.extend(page.entries);
         match page.next {
@@ -351,16 +386,45 @@ fn status_table(s: &NodeStatus) -> String {
     )
 }
 
+fn member_table(members: &[MemberInfo]) -> String {
+    let mut t = Table::new(&["ID", "ADDRESS", "ROLE", "LEADER", "MATCHED", "LAG"]);
+    let opt = |v: Option<u64>| v.map(|i| i.to_string()).unwrap_or_else(|| "-".into());
+    for m in members {
+        t.row(vec![
+            m.id.to_string(),
+            m.addr.clone(),
+            m.role.clone(),
+            if m.leader { "*".into() } else { String::new() },
+            opt(m.matched),
+            opt(m.lag),
+        ]);
+    }
+    t.render()
+}
+
+fn member(session: &mut Session, command: MemberCommand) -> anyhow::Result<()> {
+    let response = match command {
+        MemberCommand::List => session.read(Request::MemberList)?,
+        MemberCommand::Add { id, addr } => session.call(&Request::MemberAdd { id, addr })?,
+        MemberCommand::Promote { id } => session.call(&Request::MemberPromote { id })?,
+        MemberCommand::Remove { id } => session.call(&Request::MemberRemove { id })?,
+    };
+    let members = expect_response!(response, Response::Members(m) => m, "Members")?;
+    session.print(&members, || member_table(&members))
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     let client = Client::connect(&cli.socket, Duration::from_millis(cli.timeout_ms))
         .context("is ipkeepd running? (--socket or IPKEEP_SOCKET point to its socket)")?;
     let mut session = Session {
         client,
         output: cli.output,
+        linearizable: cli.linearizable,
     };
     match cli.command {
+        Command::Member(c) => member(&mut session, c),
         Command::Status => {
-            let response = session.call(&Request::NodeStatus)?;
+            let response = session.read(Request::NodeStatus)?;
             let status = expect_response!(response, Response::NodeStatus(s) => s, "NodeStatus")?;
             session.print(&status, || status_table(&status))
         }

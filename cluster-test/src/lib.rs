@@ -5,11 +5,17 @@
 //! namespaces.
 
 pub mod bins;
+pub mod chaos;
+pub mod checker;
+pub mod cluster;
 pub mod cni;
 pub mod ctl;
 pub mod daemon;
+pub mod history;
 pub mod netns;
+pub mod rng;
 pub mod wait;
+pub mod workload;
 
 /// Raises the soft limit of open files to the hard limit: hundreds of
 /// concurrent plugin processes each hold three pipes in the test process.

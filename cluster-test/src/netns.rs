@@ -59,6 +59,30 @@ impl NetNs {
         String::from_utf8_lossy(&sh("ip", &args).stdout).into_owned()
     }
 
+    /// Runs a command inside the namespace with `input` on its stdin.
+    pub fn exec_with_stdin(&self, cmd: &[&str], input: &str) -> Result<(), String> {
+        use std::io::Write;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(cmd)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(input.as_bytes())
+                .map_err(|e| e.to_string())?;
+        }
+        let out = child.wait_with_output().map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
     /// Runs a command inside the namespace and reports whether it succeeded.
     pub fn try_exec(&self, cmd: &[&str]) -> bool {
         Command::new("ip")

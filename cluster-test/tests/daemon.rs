@@ -130,3 +130,47 @@ fn bad_flags_name_the_flag_and_the_reason() {
         }
     }
 }
+
+#[test]
+fn settings_come_from_a_config_file_and_flags_win() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ipkeepd.env");
+    let socket = dir.path().join("from-config.sock");
+    std::fs::write(
+        &config,
+        format!(
+            "# ipkeepd settings\nIPKEEP_DATA_DIR={}\nIPKEEP_SOCKET=\"{}\"\nIPKEEP_NODE_NAME=from-file\nIPKEEP_DEFAULT_SUBNET=cfg=10.130.0.0/24\n",
+            dir.path().join("data").display(),
+            socket.display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(bin("ipkeepd"))
+        .arg("--config")
+        .arg(&config)
+        .args(["--node-name", "from-flag"])
+        .env_remove("IPKEEP_SOCKET")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = wait::until(
+        "the daemon configured by file",
+        Duration::from_secs(30),
+        || {
+            let out = ctl(&socket, &["status", "-o", "json"]);
+            out.ok().then(|| out.json())
+        },
+    );
+    let subnets = ctl(&socket, &["subnet", "list", "-o", "json"]).json();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(status["node_name"], "from-flag");
+    assert_eq!(subnets[0]["subnet"]["name"], "cfg");
+    let out = Command::new(bin("ipkeepd"))
+        .args(["--config", "/nonexistent.env"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.env"));
+}

@@ -192,5 +192,10 @@ fn request_kind(request: &Request) -> &'static str {
         Request::SubnetShow { .. } => "subnet-show",
         Request::SubnetDelete { .. } => "subnet-delete",
         Request::IpList(_) => "ip-list",
+        Request::MemberList => "member-list",
+        Request::MemberAdd { .. } => "member-add",
+        Request::MemberPromote { .. } => "member-promote",
+        Request::MemberRemove { .. } => "member-remove",
+        Request::Linearize(inner) => request_kind(inner),
     }
 }

@@ -34,9 +34,31 @@ pub struct Args {
     #[arg(long, env = "IPKEEP_NODE_NAME")]
     pub node_name: Option<String>,
 
-    /// Address (host:port) this node's peers reach it on.
-    #[arg(long, env = "IPKEEP_LISTEN", default_value = "127.0.0.1:7470")]
-    pub listen: String,
+    /// Address (IP:PORT) this node's peers reach it on; the peer listener
+    /// binds it when a cluster secret is set [default: this node's entry in
+    /// --initial-cluster, else 127.0.0.1:7470].
+    #[arg(long, env = "IPKEEP_LISTEN")]
+    pub listen: Option<String>,
+
+    /// Members of a new cluster, as ID=IP:PORT,ID=IP:PORT,... (the same list on
+    /// every node). A node that already has state ignores it and resumes.
+    #[arg(long, env = "IPKEEP_INITIAL_CLUSTER", value_parser = parse_initial_cluster)]
+    pub initial_cluster: Option<InitialCluster>,
+
+    /// Start with an empty data directory and wait to be added by
+    /// `ipkeepctl member add` on a member, instead of forming a cluster.
+    #[arg(long, env = "IPKEEP_JOIN", conflicts_with = "initial_cluster")]
+    pub join: bool,
+
+    /// File holding the cluster secret (at least 16 bytes), the same on every
+    /// node. Without it the node runs a single-node cluster and opens no port.
+    #[arg(long, env = "IPKEEP_CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
+
+    /// An environment file (IPKEEP_*=VALUE lines, as systemd's EnvironmentFile)
+    /// to read settings from; flags and the environment take precedence.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
 
     /// Subnet created when a new single-node cluster is initialised, as
     /// NAME=CIDR, or "none".
@@ -71,6 +93,75 @@ pub struct Args {
     /// ./ipkeep-dev/ipkeepd.sock, so that no root is needed.
     #[arg(long)]
     pub dev: bool,
+}
+
+/// The members a new cluster starts with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitialCluster(pub std::collections::BTreeMap<u64, String>);
+
+fn parse_initial_cluster(s: &str) -> Result<InitialCluster, String> {
+    let mut members = std::collections::BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| format!("{part:?} is not ID=IP:PORT"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .ok()
+            .filter(|i| *i > 0)
+            .ok_or_else(|| format!("{id:?} is not a node id (a number from 1)"))?;
+        addr.parse::<std::net::SocketAddr>()
+            .map_err(|_| format!("{addr:?} is not IP:PORT"))?;
+        if members.insert(id, addr.to_owned()).is_some() {
+            return Err(format!("node {id} is listed twice"));
+        }
+    }
+    if members.is_empty() {
+        return Err("lists no member".into());
+    }
+    Ok(InitialCluster(members))
+}
+
+/// Loads an environment file into the process environment, without
+/// overriding variables already set. Called before the flags are parsed.
+pub fn load_env_file(path: &std::path::Path) -> Result<(), String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("--config {}: {e}", path.display()))?;
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let (key, value) = line.split_once('=').ok_or_else(|| {
+            format!(
+                "--config {} line {}: {line:?} is not KEY=VALUE",
+                path.display(),
+                n + 1
+            )
+        })?;
+        let value = value.trim().trim_matches('"').trim_matches('\'');
+        if std::env::var_os(key.trim()).is_none() {
+            std::env::set_var(key.trim(), value);
+        }
+    }
+    Ok(())
+}
+
+/// The `--config` value on a command line, found before clap runs (the file
+/// supplies values clap reads from the environment).
+pub fn config_file_in(args: &[String]) -> Option<PathBuf> {
+    let mut iter = args.iter();
+    while let Some(a) = iter.next() {
+        if a == "--config" {
+            return iter.next().map(PathBuf::from);
+        }
+        if let Some(v) = a.strip_prefix("--config=") {
+            return Some(PathBuf::from(v));
+        }
+    }
+    None
 }
 
 #[derive(Debug, Clone)]
@@ -144,6 +235,40 @@ impl Args {
 
     pub fn node_name(&self) -> &str {
         self.node_name.as_deref().unwrap_or("localhost")
+    }
+
+    /// The peer address of this node.
+    pub fn listen(&self) -> String {
+        if let Some(l) = &self.listen {
+            return l.clone();
+        }
+        self.initial_cluster
+            .as_ref()
+            .and_then(|c| c.0.get(&self.node_id).cloned())
+            .unwrap_or_else(|| "127.0.0.1:7470".into())
+    }
+
+    /// Checks what clap cannot: the flags that only make sense together.
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(cluster) = &self.initial_cluster {
+            let Some(mine) = cluster.0.get(&self.node_id) else {
+                return Err(format!(
+                    "--initial-cluster does not list this node (--node-id {})",
+                    self.node_id
+                ));
+            };
+            if *mine != self.listen() {
+                return Err(format!(
+                    "--initial-cluster gives node {} the address {mine}, but --listen is {}",
+                    self.node_id,
+                    self.listen()
+                ));
+            }
+        }
+        if (self.initial_cluster.is_some() || self.join) && self.cluster_secret_file.is_none() {
+            return Err("a cluster of several nodes needs a shared secret: --cluster-secret-file (or IPKEEP_CLUSTER_SECRET_FILE)".into());
+        }
+        Ok(())
     }
 }
 

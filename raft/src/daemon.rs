@@ -4,16 +4,19 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use ipkeep_store::storage::{self, StorageOptions};
-use ipkeep_store::types::Raft;
+use ipkeep_store::types::{PeerNode, Raft};
 use openraft::{Config, SnapshotPolicy};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 use crate::api_server::ApiServer;
-use crate::bootstrap::bootstrap;
+use crate::bootstrap::{bootstrap, Formation};
 use crate::config::Args;
 use crate::network::PeerNetwork;
 use crate::node::Node;
+use crate::peer::pool::PeerPool;
+use crate::peer::server::PeerServer;
+use crate::peer::ClusterSecret;
 
 fn raft_config(args: &Args) -> anyhow::Result<Config> {
     let config = Config {
@@ -58,17 +61,40 @@ async fn wait_for_stop(raft: &Raft) -> anyhow::Result<Stop> {
     })
 }
 
+fn formation(args: &Args) -> Formation {
+    match (&args.initial_cluster, args.join) {
+        (Some(cluster), _) => Formation::Initial(
+            cluster
+                .0
+                .iter()
+                .map(|(id, addr)| (*id, PeerNode { addr: addr.clone() }))
+                .collect(),
+        ),
+        (None, true) => Formation::Join,
+        (None, false) => Formation::Single,
+    }
+}
+
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    let secret = match &args.cluster_secret_file {
+        Some(path) => Some(ClusterSecret::load(path).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    let listen = args.listen();
     let options = StorageOptions {
         cache_capacity: args.cache_mib << 20,
     };
     let (log_store, state_machine) = storage::open(&args.data_dir, &options)?;
     let machine = state_machine.shared();
     let log_sync = log_store.clone();
+    let network = PeerNetwork {
+        secret: secret.clone(),
+        my_id: args.node_id,
+    };
     let raft = Raft::new(
         args.node_id,
         Arc::new(raft_config(&args)?),
-        PeerNetwork,
+        network,
         log_store,
         state_machine,
     )
@@ -81,17 +107,33 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         raft: raft.clone(),
         machine,
         write_timeout: args.write_timeout_ms,
+        peers: secret.clone().map(|s| PeerPool::new(s, args.node_id)),
     });
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // Peers must reach this node before it can take part in an election.
+    let peer_serving = match &secret {
+        Some(secret) => {
+            let server = PeerServer::bind(&listen).await?;
+            tracing::info!(listen = %listen, "peer listener up");
+            Some(tokio::spawn(server.serve(
+                node.clone(),
+                secret.clone(),
+                stop_rx.clone(),
+            )))
+        }
+        None => None,
+    };
     bootstrap(
         &node,
-        &args.listen,
+        &formation(&args),
+        &listen,
         &args.data_dir,
         args.default_subnet.spec(),
     )
     .await?;
 
     let server = ApiServer::bind(&args.socket).await?;
-    let (stop_tx, stop_rx) = watch::channel(false);
     let serving = tokio::spawn(server.serve(node.clone(), stop_rx));
     tracing::info!(
         node_id = node.id,
@@ -108,6 +150,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let _ = stop_tx.send(true);
     let _ = serving.await;
+    if let Some(peer_serving) = peer_serving {
+        let _ = peer_serving.await;
+    }
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft did not shut down cleanly");
     }

@@ -7,4 +7,5 @@ pub mod config;
 pub mod daemon;
 pub mod network;
 pub mod node;
+pub mod peer;
 pub mod service;

@@ -2,7 +2,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use ipkeep_raft::config::{Args, LogFormat};
+use ipkeep_raft::config::{self, Args, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 fn init_logging(args: &Args) {
@@ -19,7 +19,18 @@ fn init_logging(args: &Args) {
 }
 
 fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    if let Some(path) = config::config_file_in(&argv) {
+        if let Err(e) = config::load_env_file(&path) {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let args = Args::parse().settle();
+    if let Err(e) = args.check() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     init_logging(&args);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

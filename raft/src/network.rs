@@ -1,23 +1,35 @@
-//! The Raft peer network. A single-node cluster never calls it; the TCP
-//! transport between nodes replaces these clients when clusters of several
-//! nodes arrive (issue #3), and until then every RPC reports the peer
-//! unreachable, which openraft treats as a down node.
+//! openraft's network: each client holds one authenticated connection to its
+//! target, reused across RPCs and re-established (with openraft's backoff)
+//! when it fails. A node without a cluster secret runs alone and reports
+//! every peer unreachable.
 
-use std::io;
+use std::time::Duration;
 
 use ipkeep_store::types::{NodeId, PeerNode, TypeConfig};
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError};
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
 
-pub struct PeerNetwork;
+use crate::peer::conn::{ConnError, PeerConn};
+use crate::peer::wire::{PeerRequest, PeerResponse};
+use crate::peer::ClusterSecret;
+
+pub struct PeerNetwork {
+    pub secret: Option<ClusterSecret>,
+    pub my_id: NodeId,
+}
 
 pub struct PeerClient {
     target: NodeId,
     addr: String,
+    secret: Option<ClusterSecret>,
+    my_id: NodeId,
+    conn: Option<PeerConn>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
@@ -27,45 +39,129 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
         PeerClient {
             target,
             addr: node.addr.clone(),
+            secret: self.secret.clone(),
+            my_id: self.my_id,
+            conn: None,
         }
     }
 }
 
+/// A failed exchange: whether the peer could not be reached at all (openraft
+/// then backs off) or the exchange broke on the way.
+enum Failure {
+    Unreachable(ConnError),
+    Broken(ConnError),
+}
+
+impl Failure {
+    fn into_rpc<E: std::error::Error>(self) -> RPCError<NodeId, PeerNode, E> {
+        match self {
+            Failure::Unreachable(e) => RPCError::Unreachable(Unreachable::new(&e)),
+            Failure::Broken(e) => RPCError::Network(NetworkError::new(&e)),
+        }
+    }
+}
+
+fn unexpected<E: std::error::Error>(got: &PeerResponse) -> RPCError<NodeId, PeerNode, E> {
+    let e = std::io::Error::other(format!("unexpected peer response {got:?}"));
+    RPCError::Network(NetworkError::new(&e))
+}
+
 impl PeerClient {
-    fn unreachable<E: std::error::Error>(&self) -> RPCError<NodeId, PeerNode, E> {
-        let e = io::Error::other(format!(
-            "no peer transport to node {} at {}: this build runs single-node clusters only",
-            self.target, self.addr
-        ));
-        RPCError::Network(NetworkError::new(&e))
+    async fn exchange(
+        &mut self,
+        request: PeerRequest,
+        timeout: Duration,
+    ) -> Result<PeerResponse, Failure> {
+        let Some(secret) = &self.secret else {
+            let e = std::io::Error::other("this node has no cluster secret and runs alone");
+            return Err(Failure::Unreachable(ConnError::Io(e)));
+        };
+        let conn = match &mut self.conn {
+            Some(conn) => conn,
+            None => {
+                let conn = PeerConn::connect(
+                    &self.addr,
+                    secret,
+                    self.my_id,
+                    timeout.min(Duration::from_secs(1)),
+                )
+                .await
+                .map_err(Failure::Unreachable)?;
+                self.conn.insert(conn)
+            }
+        };
+        match conn.call(&request, timeout).await {
+            Ok(response) => Ok(response),
+            Err(e) => {
+                // Never reuse a connection whose last exchange failed: its
+                // stream may be out of step.
+                self.conn = None;
+                Err(Failure::Broken(e))
+            }
+        }
     }
 }
 
 impl RaftNetwork<TypeConfig> for PeerClient {
     async fn append_entries(
         &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, PeerNode, RaftError<NodeId>>> {
-        Err(self.unreachable())
+        match self
+            .exchange(PeerRequest::Append(rpc), option.hard_ttl())
+            .await
+            .map_err(Failure::into_rpc)?
+        {
+            PeerResponse::Append(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            other => Err(unexpected(&other)),
+        }
     }
 
     async fn install_snapshot(
         &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, PeerNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        Err(self.unreachable())
+        match self
+            .exchange(PeerRequest::Snapshot(rpc), option.hard_ttl())
+            .await
+            .map_err(Failure::into_rpc)?
+        {
+            PeerResponse::Snapshot(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            other => Err(unexpected(&other)),
+        }
     }
 
     async fn vote(
         &mut self,
-        _rpc: VoteRequest<NodeId>,
-        _option: RPCOption,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, PeerNode, RaftError<NodeId>>> {
-        Err(self.unreachable())
+        match self
+            .exchange(PeerRequest::Vote(rpc), option.hard_ttl())
+            .await
+            .map_err(Failure::into_rpc)?
+        {
+            PeerResponse::Vote(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Retries an unreachable peer quickly at first (a restarted node should
+    /// rejoin at once), then every half second.
+    fn backoff(&self) -> Backoff {
+        let ramp = [50, 100, 200, 400].into_iter().map(Duration::from_millis);
+        Backoff::new(ramp.chain(std::iter::repeat(Duration::from_millis(500))))
     }
 }

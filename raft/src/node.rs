@@ -1,15 +1,29 @@
-//! A running node: its Raft handle, its replica of the state, and the write
-//! path every mutating request takes.
+//! A running node: its Raft handle, its replica of the state, and the paths
+//! that take writes, linearizable reads and membership changes to the leader
+//! from wherever they arrive.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ipkeep_api::message::NodeStatus;
-use ipkeep_api::ApiError;
+use ipkeep_api::message::{MemberInfo, NodeStatus};
+use ipkeep_api::{code, ApiError};
 use ipkeep_store::storage::SharedMachine;
-use ipkeep_store::types::Raft;
+use ipkeep_store::types::{PeerNode, Raft};
 use ipkeep_store::{Command, Reply};
-use openraft::error::{ClientWriteError, RaftError};
-use openraft::ServerState;
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{ChangeMembers, ServerState};
+
+use crate::peer::pool::PeerPool;
+use crate::peer::wire::{Committed, ForwardError, MembershipChange, PeerRequest, PeerResponse};
+
+/// Most voters a cluster may have: consensus cost grows with every voter,
+/// and five already survive two failures. More nodes join as learners.
+pub const MAX_VOTERS: usize = 5;
+/// A learner further behind than this is not promoted (it would slow commits).
+const PROMOTE_MAX_LAG: u64 = 1_000;
+/// Pause before retrying a leader that could not be reached.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 pub struct Node {
     pub id: u64,
@@ -17,6 +31,9 @@ pub struct Node {
     pub raft: Raft,
     pub machine: SharedMachine,
     pub write_timeout: Duration,
+    /// Connections to other nodes; None when the node has no cluster secret
+    /// (it then runs a single-node cluster).
+    pub peers: Option<PeerPool>,
 }
 
 pub fn now_ms() -> u64 {
@@ -26,59 +43,360 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+fn not_leader(leader: Option<u64>) -> ForwardError {
+    ForwardError::NotLeader { leader }
+}
+
+fn write_error(e: RaftError<u64, ClientWriteError<u64, PeerNode>>) -> ForwardError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => not_leader(f.leader_id),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            ForwardError::Api(ApiError::conflict(e.to_string()))
+        }
+        RaftError::Fatal(fatal) => ForwardError::Api(ApiError::try_again(format!(
+            "raft has stopped on this node: {fatal}"
+        ))),
+    }
+}
+
 impl Node {
-    /// Commits a command through Raft and returns what applying it answered.
-    ///
-    /// Bounded by the write timeout: a node that cannot reach a quorum (the
-    /// minority side of a partition) answers "try again later" (CNI 11), never
-    /// a guess. A timed-out write may still commit later; every command is
-    /// idempotent, so the caller's retry gets the same answer.
-    pub async fn propose(&self, command: Command) -> Result<Reply, ApiError> {
-        let outcome =
-            tokio::time::timeout(self.write_timeout, self.raft.client_write(command)).await;
-        let reply = match outcome {
-            Err(_) => {
-                return Err(ApiError::try_again(format!(
-                    "no commit within {:?}: the cluster has no quorum or no leader right now",
-                    self.write_timeout
-                )))
+    // ---- on the leader --------------------------------------------------
+
+    /// Commits a command on this node if it is the leader; stamps the time.
+    pub async fn commit_here(&self, command: Command) -> Result<Committed, ForwardError> {
+        let write = self.raft.client_write(command.stamped(now_ms()));
+        match tokio::time::timeout(self.write_timeout, write).await {
+            Err(_) => Err(ForwardError::Api(ApiError::try_again(format!(
+                "the leader could not commit within {:?}: no quorum",
+                self.write_timeout
+            )))),
+            Ok(Ok(response)) => Ok(Committed {
+                reply: response.data,
+                index: response.log_id.index,
+            }),
+            Ok(Err(e)) => Err(write_error(e)),
+        }
+    }
+
+    /// The index a linearizable read must wait for, if this node is the
+    /// leader (confirmed by a quorum).
+    pub async fn read_index_here(&self) -> Result<u64, ForwardError> {
+        match tokio::time::timeout(self.write_timeout, self.raft.ensure_linearizable()).await {
+            Err(_) => Err(ForwardError::Api(ApiError::try_again(
+                "leadership not confirmed by a quorum in time",
+            ))),
+            Ok(Ok(log_id)) => Ok(log_id.map(|l| l.index).unwrap_or(0)),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                Err(not_leader(f.leader_id))
             }
-            Ok(Ok(response)) => response.data,
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
-                return Err(ApiError::try_again(match forward.leader_id {
-                    Some(leader) => format!("node {} is not the leader; node {leader} is", self.id),
-                    None => format!(
-                        "node {} knows no leader yet (election in progress)",
-                        self.id
-                    ),
-                }))
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => {
+                Err(ForwardError::Api(ApiError::try_again(e.to_string())))
             }
-            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
-                return Err(ApiError::internal(e.to_string()))
+            Ok(Err(RaftError::Fatal(f))) => {
+                Err(ForwardError::Api(ApiError::try_again(f.to_string())))
             }
-            Ok(Err(RaftError::Fatal(fatal))) => {
-                return Err(ApiError::try_again(format!(
-                    "raft has stopped on this node: {fatal}"
-                )))
+        }
+    }
+
+    /// Applies a membership change, if this node is the leader.
+    pub async fn membership_here(&self, change: MembershipChange) -> Result<(), ForwardError> {
+        if self.raft.current_leader().await != Some(self.id) {
+            return Err(not_leader(self.raft.current_leader().await));
+        }
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership().clone();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let is_member = |id: u64| membership.nodes().any(|(n, _)| *n == id);
+        let api = |e: ApiError| Err(ForwardError::Api(e));
+        let outcome = match change {
+            MembershipChange::AddLearner { id, addr } => {
+                if voters.contains(&id) {
+                    return api(ApiError::conflict(format!("node {id} is already a voter")));
+                }
+                self.raft
+                    .add_learner(id, PeerNode { addr }, false)
+                    .await
+                    .map(|_| ())
+            }
+            MembershipChange::Promote { id } => {
+                if voters.contains(&id) {
+                    return Ok(());
+                }
+                if !is_member(id) {
+                    return api(ApiError::not_found(format!(
+                        "node {id} is not a member; add it first with `ipkeepctl member add`"
+                    )));
+                }
+                if voters.len() >= MAX_VOTERS {
+                    return api(ApiError::conflict(format!(
+                        "the cluster has {} voters already, the most it may have; more nodes join as learners",
+                        voters.len()
+                    )));
+                }
+                let last = metrics.last_log_index.unwrap_or(0);
+                let matched = metrics
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(&id).cloned().flatten())
+                    .map(|l| l.index)
+                    .unwrap_or(0);
+                if last.saturating_sub(matched) > PROMOTE_MAX_LAG {
+                    return api(ApiError::try_again(format!(
+                        "learner {id} is {} entries behind; promote it once it has caught up (ipkeepctl member list)",
+                        last - matched
+                    )));
+                }
+                self.raft
+                    .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                    .await
+                    .map(|_| ())
+            }
+            MembershipChange::Remove { id } => {
+                if voters.contains(&id) {
+                    if voters.len() == 1 {
+                        return api(ApiError::conflict(format!(
+                            "node {id} is the last voter; a cluster needs one"
+                        )));
+                    }
+                    self.raft
+                        .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                        .await
+                        .map(|_| ())
+                } else if is_member(id) {
+                    self.raft
+                        .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                        .await
+                        .map(|_| ())
+                } else {
+                    return api(ApiError::not_found(format!("node {id} is not a member")));
+                }
             }
         };
-        match reply {
+        outcome.map_err(write_error)
+    }
+
+    // ---- from any node ----------------------------------------------------
+
+    /// The peer address of a member, from the membership this node knows.
+    fn member_addr(&self, id: u64) -> Option<String> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        membership.get_node(&id).map(|n| n.addr.clone())
+    }
+
+    /// Runs `local` here if this node leads, or sends `remote` to the leader,
+    /// following leadership as it moves, until the write timeout. A node
+    /// that cannot get an answer from a leader in time (the minority side of
+    /// a partition) answers "try again later" (CNI 11), never a guess.
+    async fn at_leader<T, F, Fut>(
+        &self,
+        what: &str,
+        local: F,
+        remote: impl Fn() -> PeerRequest,
+        unpack: fn(PeerResponse) -> Option<Result<T, ForwardError>>,
+    ) -> Result<T, ApiError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, ForwardError>>,
+    {
+        let deadline = Instant::now() + self.write_timeout;
+        let mut problem = String::from("no leader is known");
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(ApiError::try_again(format!(
+                    "{what}: no answer from a leader within {:?} ({problem})",
+                    self.write_timeout
+                )));
+            }
+            let leader = match tokio::time::timeout(remaining, local()).await {
+                Err(_) => {
+                    problem = "the leader did not answer".into();
+                    continue;
+                }
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(ForwardError::Api(e))) => return Err(e),
+                Ok(Err(ForwardError::NotLeader { leader })) => leader,
+            };
+            let Some(leader) = leader.filter(|l| *l != self.id) else {
+                problem = "an election is in progress".into();
+                self.await_leader_change(remaining.min(Duration::from_millis(200)))
+                    .await;
+                continue;
+            };
+            let (Some(peers), Some(addr)) = (&self.peers, self.member_addr(leader)) else {
+                return Err(ApiError::try_again(format!(
+                    "{what}: node {leader} leads but this node cannot reach it (no cluster secret or address)"
+                )));
+            };
+            // A forward to a leader that died or was cut off would wait out
+            // the whole timeout; give it up as soon as another leader is known.
+            let request = remote();
+            let outcome = tokio::select! {
+                r = peers.call(&addr, &request, remaining) => Some(r),
+                _ = self.await_leader_change(remaining) => None,
+            };
+            let Some(outcome) = outcome else {
+                problem = format!("leadership moved away from node {leader}");
+                continue;
+            };
+            match outcome {
+                Ok(response) => match unpack(response) {
+                    Some(Ok(value)) => return Ok(value),
+                    Some(Err(ForwardError::Api(e))) => return Err(e),
+                    Some(Err(ForwardError::NotLeader { .. })) => {
+                        problem = format!("node {leader} no longer leads");
+                        self.await_leader_change(remaining.min(Duration::from_millis(200)))
+                            .await;
+                    }
+                    None => {
+                        return Err(ApiError::internal(format!(
+                            "{what}: unexpected answer from node {leader}"
+                        )))
+                    }
+                },
+                Err(e) => {
+                    problem = format!("cannot reach leader {leader} at {addr}: {e}");
+                    tokio::time::sleep(RETRY_PAUSE.min(remaining)).await;
+                }
+            }
+        }
+    }
+
+    /// Waits (at most `limit`) for this node's view of the leader to change.
+    async fn await_leader_change(&self, limit: Duration) {
+        let mut metrics = self.raft.metrics();
+        let before = metrics.borrow().current_leader;
+        let _ = tokio::time::timeout(limit, async {
+            while metrics.changed().await.is_ok() {
+                if metrics.borrow().current_leader != before {
+                    return;
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Waits (bounded by the write timeout) until this node has applied `index`.
+    async fn await_applied(&self, index: u64) {
+        let _ = self
+            .raft
+            .wait(Some(self.write_timeout))
+            .applied_index_at_least(Some(index), "read your write")
+            .await;
+    }
+
+    /// Commits a command through Raft, from whichever node received it, and
+    /// returns what applying it answered. A retried command is harmless:
+    /// every command is idempotent. Once it returns, this node's replica
+    /// shows the write.
+    pub async fn propose(&self, command: Command) -> Result<Reply, ApiError> {
+        let committed = self
+            .at_leader(
+                "write",
+                || self.commit_here(command.clone()),
+                || PeerRequest::Propose(command.clone()),
+                |r| match r {
+                    PeerResponse::Proposed(r) => Some(r),
+                    _ => None,
+                },
+            )
+            .await?;
+        self.await_applied(committed.index).await;
+        match committed.reply {
             Reply::Failed(e) => Err(e),
             other => Ok(other),
         }
     }
 
-    /// Can this node get a write committed now? Confirms leadership with a
-    /// quorum (on the leader) within the write timeout.
-    pub async fn ensure_writable(&self) -> Result<(), ApiError> {
-        match tokio::time::timeout(self.write_timeout, self.raft.ensure_linearizable()).await {
-            Err(_) => Err(ApiError::try_again(format!(
-                "leadership not confirmed by a quorum within {:?}",
-                self.write_timeout
-            ))),
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(ApiError::try_again(e.to_string())),
+    /// A linearizable read barrier: returns once this node has applied
+    /// everything committed before the call.
+    pub async fn read_barrier(&self) -> Result<(), ApiError> {
+        let index = self
+            .at_leader(
+                "linearizable read",
+                || self.read_index_here(),
+                || PeerRequest::ReadIndex,
+                |r| match r {
+                    PeerResponse::ReadIndex(r) => Some(r),
+                    _ => None,
+                },
+            )
+            .await?;
+        self.await_applied(index).await;
+        let applied = self
+            .raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map(|l| l.index)
+            .unwrap_or(0);
+        if applied < index {
+            return Err(ApiError::try_again(format!(
+                "this node has applied up to {applied}, behind the leader's {index}"
+            )));
         }
+        Ok(())
+    }
+
+    pub async fn change_membership(&self, change: MembershipChange) -> Result<(), ApiError> {
+        if self.peers.is_none() {
+            return Err(ApiError::new(
+                code::INVALID_REQUEST,
+                "no cluster secret",
+                "membership changes need a cluster secret on every node (--cluster-secret-file)",
+            ));
+        }
+        self.at_leader(
+            "membership change",
+            || self.membership_here(change.clone()),
+            || PeerRequest::Membership(change.clone()),
+            |r| match r {
+                PeerResponse::Membership(r) => Some(r),
+                _ => None,
+            },
+        )
+        .await
+    }
+
+    /// Can a write be committed now? Confirms a leader with a quorum.
+    pub async fn ensure_writable(&self) -> Result<(), ApiError> {
+        self.read_barrier().await
+    }
+
+    // ---- views --------------------------------------------------------------
+
+    pub fn members(&self) -> Vec<MemberInfo> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let last = metrics.last_log_index.unwrap_or(0);
+        membership
+            .nodes()
+            .map(|(id, node)| {
+                // Replication progress is known on the leader only.
+                let matched = metrics.replication.as_ref().map(|r| {
+                    if *id == self.id {
+                        last
+                    } else {
+                        r.get(id).cloned().flatten().map(|l| l.index).unwrap_or(0)
+                    }
+                });
+                MemberInfo {
+                    id: *id,
+                    addr: node.addr.clone(),
+                    role: if voters.contains(id) {
+                        "voter"
+                    } else {
+                        "learner"
+                    }
+                    .into(),
+                    leader: metrics.current_leader == Some(*id),
+                    matched,
+                    lag: matched.map(|m| last.saturating_sub(m)),
+                }
+            })
+            .collect()
     }
 
     pub fn status(&self) -> NodeStatus {

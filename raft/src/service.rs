@@ -12,9 +12,45 @@ use ipkeep_store::subnet::settle;
 use ipkeep_store::{Command, Reply};
 
 use crate::node::{now_ms, Node};
+use crate::peer::wire::MembershipChange;
+
+async fn member_add(node: &Node, id: u64, addr: String) -> Result<Response, ApiError> {
+    if id == 0 {
+        return Err(ApiError::invalid("id", "node ids start at 1"));
+    }
+    addr.parse::<std::net::SocketAddr>().map_err(|_| {
+        ApiError::invalid(
+            "addr",
+            format!("{addr:?} is not IP:PORT (the node's --listen address)"),
+        )
+    })?;
+    node.change_membership(MembershipChange::AddLearner { id, addr })
+        .await
+        .map(|_| Response::Members(node.members()))
+}
 
 pub async fn handle(node: &Node, request: Request) -> Response {
+    if let Request::Linearize(inner) = request {
+        if matches!(*inner, Request::Linearize(_)) {
+            return Response::Error(ApiError::invalid("request", "Linearize cannot be nested"));
+        }
+        return match node.read_barrier().await {
+            Ok(()) => Box::pin(handle(node, *inner)).await,
+            Err(e) => Response::Error(e),
+        };
+    }
     let outcome = match request {
+        Request::Linearize(_) => unreachable!("handled above"),
+        Request::MemberList => Ok(Response::Members(node.members())),
+        Request::MemberAdd { id, addr } => member_add(node, id, addr).await,
+        Request::MemberPromote { id } => node
+            .change_membership(MembershipChange::Promote { id })
+            .await
+            .map(|_| Response::Members(node.members())),
+        Request::MemberRemove { id } => node
+            .change_membership(MembershipChange::Remove { id })
+            .await
+            .map(|_| Response::Members(node.members())),
         Request::Add(req) => add(node, req).await,
         Request::Del(req) => del(node, req).await,
         Request::Check(req) => check(node, req),

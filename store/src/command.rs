@@ -35,6 +35,17 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// Sets the time of an ADD to `now_ms`. The node that hands the command to
+    /// Raft (the leader) calls this, so that one clock stamps every decision.
+    pub fn stamped(mut self, now_ms: u64) -> Command {
+        if let Command::Add { at_ms, .. } = &mut self {
+            *at_ms = now_ms;
+        }
+        self
+    }
+}
+
 /// The answer of applying one log entry, returned to the proposer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {

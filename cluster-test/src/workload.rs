@@ -1,0 +1,238 @@
+//! The pods: worker threads that exec the real `ipkeep` plugin against every
+//! node at once, as kubelets would: new pods (ADD), retried ADDs (on the same
+//! or another node), deletions (DEL), and clean-up DELs after failed ADDs.
+//! Every call is recorded with its start, end, node and outcome.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::cluster::Cluster;
+use crate::cni::CniCall;
+use crate::history::{Op, OpKind, Outcome};
+use crate::rng::Rng;
+
+#[derive(Debug, Clone)]
+pub struct WorkloadOptions {
+    pub workers_per_node: usize,
+    pub subnet: String,
+    /// The plugin's own limit (ipam.timeoutMs) on the worker's own node.
+    pub plugin_timeout_ms: u64,
+    /// The limit for retried ADDs sent to other nodes, kept short so that a
+    /// paused node does not hold up workers that do not live on it.
+    pub retry_timeout_ms: u64,
+    /// Live pods a worker keeps around before it mostly deletes.
+    pub pods_per_worker: usize,
+}
+
+pub struct Workload {
+    stop: Arc<AtomicBool>,
+    workers: Vec<JoinHandle<Vec<Op>>>,
+}
+
+/// What one worker needs to reach every node.
+#[derive(Clone)]
+struct Target {
+    id: u64,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+fn conf(target: &Target, options: &WorkloadOptions, timeout_ms: u64) -> Value {
+    json!({
+        "cniVersion": "1.1.0",
+        "name": "chaos",
+        "type": "ipkeep",
+        "ipam": {
+            "type": "ipkeep",
+            "subnet": options.subnet,
+            "socket": target.socket,
+            "timeoutMs": timeout_ms,
+            "logFile": target.log,
+        }
+    })
+}
+
+fn outcome(out: &crate::cni::CniOutput) -> Outcome {
+    if out.ok() {
+        let mut addresses: Vec<String> = serde_json::from_str::<Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v["ips"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|ip| ip["address"].as_str())
+            .map(|a| a.split('/').next().unwrap_or(a).to_owned())
+            .collect();
+        addresses.sort();
+        return Outcome::Ok(addresses);
+    }
+    match serde_json::from_str::<Value>(&out.stdout) {
+        Ok(v) if v["code"].is_u64() => Outcome::Failed {
+            code: v["code"].as_u64().unwrap_or(0),
+            msg: format!(
+                "{} {}",
+                v["msg"].as_str().unwrap_or(""),
+                v["details"].as_str().unwrap_or("")
+            ),
+        },
+        _ => Outcome::NoAnswer(format!(
+            "exit {:?}: {} {}",
+            out.status, out.stdout, out.stderr
+        )),
+    }
+}
+
+struct Worker {
+    me: Target,
+    all: Vec<Target>,
+    options: WorkloadOptions,
+    name: String,
+    rng: Rng,
+    t0: Instant,
+    ops: Vec<Op>,
+    live: Vec<String>,
+    /// Attachments whose ADD or DEL failed: their state is unknown until a
+    /// DEL succeeds, so they are deleted (as kubelet does after a failure).
+    cleanup: Vec<String>,
+    next: u64,
+}
+
+impl Worker {
+    fn call(&mut self, kind: OpKind, cid: &str, target: &Target) -> Outcome {
+        let timeout = if target.id == self.me.id {
+            self.options.plugin_timeout_ms
+        } else {
+            self.options.retry_timeout_ms
+        };
+        let conf = conf(target, &self.options, timeout);
+        let call = match kind {
+            OpKind::Add => CniCall::ipkeep("ADD")
+                .attachment(cid, "eth0", &format!("/run/netns/{cid}"))
+                .args(&format!(
+                    "IgnoreUnknown=1;K8S_POD_NAMESPACE=chaos;K8S_POD_NAME={cid}"
+                )),
+            OpKind::Del => CniCall::ipkeep("DEL")
+                .env("CNI_CONTAINERID", cid)
+                .env("CNI_IFNAME", "eth0"),
+        }
+        .stdin(&conf);
+        let start = self.t0.elapsed().as_micros() as u64;
+        let out = call.run();
+        let end = self.t0.elapsed().as_micros() as u64;
+        let outcome = outcome(&out);
+        self.ops.push(Op {
+            node: target.id,
+            kind,
+            cid: cid.to_owned(),
+            start,
+            end,
+            outcome: outcome.clone(),
+        });
+        outcome
+    }
+
+    fn step(&mut self) {
+        let me = self.me.clone();
+        if let Some(cid) = self.cleanup.first().cloned() {
+            if self.call(OpKind::Del, &cid, &me).is_ok() {
+                self.cleanup.remove(0);
+            } else {
+                self.pace();
+            }
+            return;
+        }
+        let roll = self.rng.unit();
+        if self.live.len() < self.options.pods_per_worker / 2
+            || (roll < 0.5 && self.live.len() < self.options.pods_per_worker)
+        {
+            let cid = format!("{}-{}", self.name, self.next);
+            self.next += 1;
+            if self.call(OpKind::Add, &cid, &me).is_ok() {
+                self.live.push(cid);
+            } else {
+                self.cleanup.push(cid);
+                self.pace();
+            }
+        } else if roll < 0.65 && !self.live.is_empty() {
+            // A retried ADD, on this node or another: the same answer is expected.
+            let cid = self.rng.pick(&self.live).clone();
+            let target = self.rng.pick(&self.all).clone();
+            if !self.call(OpKind::Add, &cid, &target).is_ok() {
+                self.pace();
+            }
+        } else if !self.live.is_empty() {
+            let i = self.rng.below(self.live.len() as u64) as usize;
+            let cid = self.live.swap_remove(i);
+            if !self.call(OpKind::Del, &cid, &me).is_ok() {
+                self.cleanup.push(cid);
+                self.pace();
+            }
+        }
+    }
+
+    /// After a failure a runtime backs off instead of hammering a node that is down.
+    fn pace(&mut self) {
+        thread::sleep(Duration::from_millis(50 + self.rng.below(100)));
+    }
+}
+
+impl Workload {
+    pub fn start(
+        cluster: &Cluster,
+        options: &WorkloadOptions,
+        t0: Instant,
+        rng: &mut Rng,
+    ) -> Workload {
+        let stop = Arc::new(AtomicBool::new(false));
+        let all: Vec<Target> = cluster
+            .nodes
+            .iter()
+            .map(|n| Target {
+                id: n.id,
+                socket: n.socket(),
+                log: n.dir.join("plugin.log"),
+            })
+            .collect();
+        let mut workers = Vec::new();
+        for me in &all {
+            for w in 0..options.workers_per_node {
+                let mut worker = Worker {
+                    me: me.clone(),
+                    all: all.clone(),
+                    options: options.clone(),
+                    name: format!("n{}w{w}", me.id),
+                    rng: rng.fork(),
+                    t0,
+                    ops: Vec::new(),
+                    live: Vec::new(),
+                    cleanup: Vec::new(),
+                    next: 0,
+                };
+                let stop = stop.clone();
+                workers.push(thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        worker.step();
+                    }
+                    worker.ops
+                }));
+            }
+        }
+        Workload { stop, workers }
+    }
+
+    /// Stops the workers (each finishes its call in flight) and returns every call.
+    pub fn stop(self) -> Vec<Op> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut ops: Vec<Op> = self
+            .workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("worker"))
+            .collect();
+        ops.sort_by_key(|o| o.start);
+        ops
+    }
+}

@@ -1,0 +1,57 @@
+//! A short chaos run, as part of every test run: 3 nodes, then 5, with every
+//! kind of fault, and the checker's verdict. The long run is the
+//! `ipkeep-chaos` binary (see the README).
+
+use std::time::Duration;
+
+use ipkeep_cluster_test::chaos::{run, ChaosOptions};
+
+fn short_run(nodes: usize, secs: u64, seed: u64) {
+    let out = tempfile::Builder::new()
+        .prefix("ipkeep-chaos-")
+        .tempdir()
+        .unwrap();
+    // Faults cycle through all nine kinds in a seeded order; this long covers each.
+    let report = run(ChaosOptions {
+        nodes,
+        duration: Duration::from_secs(secs),
+        seed,
+        workers_per_node: 2,
+        out: out.path().to_owned(),
+        write_timeout_ms: 3000,
+    });
+    eprintln!("{}", report.summary);
+    let kinds: std::collections::BTreeSet<&str> = report
+        .history
+        .faults
+        .iter()
+        .map(|f| f.kind.as_str())
+        .collect();
+    assert_eq!(kinds.len(), 9, "every kind of fault ran: {kinds:?}");
+    assert!(
+        !report.history.minority.is_empty(),
+        "a minority was checked"
+    );
+    assert!(
+        report
+            .history
+            .ops
+            .iter()
+            .filter(|o| o.outcome.is_ok())
+            .count()
+            > 1000,
+        "the workload ran"
+    );
+    assert!(
+        report.passed(),
+        "chaos run failed (seed {seed}, output kept in {}):\n{}",
+        out.keep().display(),
+        report.summary
+    );
+}
+
+#[test]
+fn short_chaos_runs_keep_every_promise() {
+    short_run(3, 75, 0x1b5a_2c3d);
+    short_run(5, 75, 0x77e1_0f42);
+}

@@ -1,0 +1,260 @@
+//! Several nodes, each ipkeepd in its own network namespace: bootstrap from a
+//! member list, any node answering, membership changes, peers without the
+//! secret refused, catching up by snapshot, a minority answering 11.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use ipkeep_cluster_test::cluster::{Cluster, ClusterOptions, Direction};
+use ipkeep_cluster_test::cni::{ipam, ipam_only_conf, CniCall, CniOutput};
+use ipkeep_cluster_test::wait;
+use serde_json::json;
+
+fn cluster(nodes: usize, options: ClusterOptions) -> (tempfile::TempDir, Cluster) {
+    let dir = tempfile::Builder::new()
+        .prefix("ipkeep-cluster-")
+        .tempdir()
+        .unwrap();
+    let c = Cluster::start(ClusterOptions { nodes, ..options }, dir.path());
+    (dir, c)
+}
+
+fn add(c: &Cluster, node: u64, cid: &str) -> CniOutput {
+    let n = c.node(node);
+    let conf = ipam_only_conf(
+        "1.0.0",
+        "clnet",
+        ipam(json!("pods"), &n.socket(), &n.dir.join("plugin.log")),
+    );
+    CniCall::ipkeep("ADD")
+        .attachment(cid, "eth0", "/run/netns/x")
+        .stdin(&conf)
+        .run()
+}
+
+fn ip_list(c: &Cluster, node: u64, linearizable: bool) -> BTreeMap<String, String> {
+    let mut args = vec!["ip", "list", "-o", "json"];
+    if linearizable {
+        args.push("--linearizable");
+    }
+    c.ctl(node, &args)
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["key"]["container_id"].as_str().unwrap().to_owned(),
+                e["address"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn members(c: &Cluster, node: u64) -> Vec<(u64, String)> {
+    c.ctl(node, &["member", "list", "-o", "json"])
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["id"].as_u64().unwrap(),
+                m["role"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn every_node_answers_and_sees_the_same_addresses() {
+    let (_dir, c) = cluster(3, ClusterOptions::default());
+    let leader = c.wait_for_leader(Duration::from_secs(30));
+    let mut given = BTreeMap::new();
+    for node in c.ids() {
+        for i in 0..10 {
+            let cid = format!("n{node}p{i}");
+            let out = add(&c, node, &cid);
+            given.insert(cid, out.addresses().remove(0));
+        }
+    }
+    let distinct: std::collections::BTreeSet<_> = given.values().collect();
+    assert_eq!(distinct.len(), 30);
+    // A node reads its own writes at once, and linearizable reads see everything anywhere.
+    for node in c.ids() {
+        assert_eq!(ip_list(&c, node, true), given, "node {node}");
+    }
+    // A retried ADD on another node returns the same address.
+    let follower = c.ids().into_iter().find(|n| *n != leader).unwrap();
+    assert_eq!(
+        add(&c, follower, "n1p3").addresses(),
+        vec![given["n1p3"].clone()]
+    );
+    let roles: Vec<String> = members(&c, follower).into_iter().map(|(_, r)| r).collect();
+    assert_eq!(roles, vec!["voter", "voter", "voter"]);
+}
+
+#[test]
+fn a_minority_answers_try_again_within_the_bound_and_recovers() {
+    let (_dir, mut c) = cluster(3, ClusterOptions::default());
+    let leader = c.wait_for_leader(Duration::from_secs(30));
+    // Cut the leader itself off: it is the minority now.
+    let others: Vec<u64> = c.ids().into_iter().filter(|n| *n != leader).collect();
+    c.cut(leader, &others, Direction::Both);
+    let started = Instant::now();
+    let out = add(&c, leader, "minority");
+    let took = started.elapsed();
+    assert_eq!(out.error_code(), 11, "{}", out.stdout);
+    assert!(
+        took < Duration::from_millis(3000 + 2000),
+        "answered after {took:?}"
+    );
+    // The majority elects another leader and serves.
+    let out = wait::until("the majority to serve", Duration::from_secs(20), || {
+        let out = add(&c, others[0], "majority");
+        out.ok().then_some(out)
+    });
+    let addr = out.addresses().remove(0);
+    c.heal();
+    // The old leader catches up and agrees; its failed ADD left nothing.
+    wait::until(
+        "the old leader to catch up",
+        Duration::from_secs(20),
+        || {
+            let l = ip_list(&c, leader, false);
+            (l.get("majority") == Some(&addr)).then_some(())
+        },
+    );
+    assert!(!ip_list(&c, leader, true).contains_key("minority"));
+}
+
+#[test]
+fn learners_join_serve_forward_and_are_promoted_and_removed() {
+    let (_dir, mut c) = cluster(4, ClusterOptions::default());
+    // Make node 4 a stranger first: remove it, wipe it, start it empty with --join.
+    c.wait_for_leader(Duration::from_secs(30));
+    assert!(c.ctl(1, &["member", "remove", "4"]).ok());
+    c.wipe(4);
+    c.spawn(4);
+    c.wait_serving(4, Duration::from_secs(20));
+    assert!(add(&c, 1, "before-join").ok());
+    // An empty node that is not a member cannot serve writes: 11, not a guess.
+    let out = add(&c, 4, "too-early");
+    assert_eq!(out.error_code(), 11, "{}", out.stdout);
+
+    let addr = c.node(4).addr();
+    let out = c.ctl(2, &["member", "add", "4", &addr]);
+    assert!(out.ok(), "{}", out.stderr);
+    wait::until("the learner to catch up", Duration::from_secs(20), || {
+        ip_list(&c, 4, false)
+            .contains_key("before-join")
+            .then_some(())
+    });
+    assert!(members(&c, 1).contains(&(4, "learner".into())));
+    // The learner forwards writes and reads its own.
+    let out = add(&c, 4, "via-learner");
+    assert!(out.ok(), "{}", out.stdout);
+    assert!(ip_list(&c, 4, false).contains_key("via-learner"));
+
+    let out = c.ctl(4, &["member", "promote", "4"]);
+    assert!(out.ok(), "{}", out.stderr);
+    assert!(members(&c, 1).contains(&(4, "voter".into())));
+    // At most five voters: a sixth is refused with a reason (there is no
+    // sixth node here, so ask for an unknown one).
+    let out = c.ctl(1, &["member", "promote", "9"]);
+    assert!(
+        !out.ok() && out.stderr.contains("not a member"),
+        "{}",
+        out.stderr
+    );
+    let out = c.ctl(1, &["member", "add", "9", "not-an-address"]);
+    assert!(!out.ok() && out.stderr.contains("addr:"), "{}", out.stderr);
+
+    let out = c.ctl(3, &["member", "remove", "4"]);
+    assert!(out.ok(), "{}", out.stderr);
+    assert!(!members(&c, 1).iter().any(|(id, _)| *id == 4));
+}
+
+#[test]
+fn a_node_that_was_down_catches_up_by_snapshot() {
+    let (_dir, mut c) = cluster(
+        3,
+        ClusterOptions {
+            snapshot_every: 40,
+            keep_logs: 5,
+            ..Default::default()
+        },
+    );
+    let leader = c.wait_for_leader(Duration::from_secs(30));
+    let down = c.ids().into_iter().find(|n| *n != leader).unwrap();
+    c.kill9(down);
+    for i in 0..150 {
+        assert!(add(&c, leader, &format!("while-down-{i}")).ok());
+    }
+    let leader_status = c.status(leader).unwrap();
+    assert!(
+        leader_status.purged_index.unwrap_or(0) > 10,
+        "the log was purged: {leader_status:?}"
+    );
+    c.spawn(down);
+    c.wait_serving(down, Duration::from_secs(20));
+    assert!(c.wait_converged(Duration::from_secs(30)));
+    assert_eq!(ip_list(&c, down, false), ip_list(&c, leader, false));
+    let log = std::fs::read_to_string(c.node(down).log_path()).unwrap();
+    assert!(
+        log.contains("snapshot installed"),
+        "node {down} caught up without a snapshot:\n{log}"
+    );
+}
+
+#[test]
+fn a_peer_without_the_secret_is_refused_and_changes_nothing() {
+    let (dir, c) = cluster(3, ClusterOptions::default());
+    c.wait_for_leader(Duration::from_secs(30));
+    let term_before: Vec<u64> = c.ids().iter().map(|n| c.status(*n).unwrap().term).collect();
+    // A rogue daemon next to node 1 claims to be node 1 of a cluster with
+    // node 2, and asks node 2 for votes with the wrong secret.
+    let rogue = dir.path().join("rogue");
+    std::fs::create_dir_all(&rogue).unwrap();
+    std::fs::write(rogue.join("secret"), "not-the-cluster-secret-at-all").unwrap();
+    let addr1 = format!("{}:7471", c.node(1).ip);
+    let addr2 = c.node(2).addr();
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", &c.node(1).ns.name])
+        .arg(ipkeep_cluster_test::bins::bin("ipkeepd"))
+        .args(["--node-id", "1", "--listen", &addr1])
+        .args(["--initial-cluster", &format!("1={addr1},2={addr2}")])
+        .arg("--cluster-secret-file")
+        .arg(rogue.join("secret"))
+        .arg("--data-dir")
+        .arg(rogue.join("data"))
+        .arg("--socket")
+        .arg(rogue.join("s.sock"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let log2 = c.node(2).log_path();
+    wait::until(
+        "node 2 to refuse the rogue",
+        Duration::from_secs(20),
+        || {
+            std::fs::read_to_string(&log2)
+                .unwrap()
+                .contains("refused a peer connection")
+                .then_some(())
+        },
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = std::fs::read_to_string(&log2).unwrap();
+    assert!(
+        log.contains("cluster secret"),
+        "the refusal says why:\n{log}"
+    );
+    let term_after: Vec<u64> = c.ids().iter().map(|n| c.status(*n).unwrap().term).collect();
+    assert_eq!(
+        term_before, term_after,
+        "the rogue's vote requests changed no term"
+    );
+    assert!(add(&c, 2, "still-fine").ok());
+}

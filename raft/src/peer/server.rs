@@ -1,0 +1,103 @@
+//! The peer listener: authenticates each connection, then serves openraft's
+//! RPCs and forwarded writes on it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use super::auth::ClusterSecret;
+use super::conn::PeerConn;
+use super::wire::{PeerRequest, PeerResponse};
+use crate::node::Node;
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub struct PeerServer {
+    listener: TcpListener,
+}
+
+impl PeerServer {
+    pub async fn bind(addr: &str) -> anyhow::Result<PeerServer> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the peer listener on {addr} (--listen)"))?;
+        Ok(PeerServer { listener })
+    }
+
+    pub async fn serve(
+        self,
+        node: Arc<Node>,
+        secret: ClusterSecret,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut connections = JoinSet::new();
+        loop {
+            let accepted = tokio::select! {
+                _ = stop.changed() => break,
+                accepted = self.listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, from)) => {
+                    let (node, secret) = (node.clone(), secret.clone());
+                    connections
+                        .spawn(async move { serve_connection(node, secret, stream, from).await });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a peer connection failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+            while connections.try_join_next().is_some() {}
+        }
+        connections.abort_all();
+    }
+}
+
+async fn serve_connection(
+    node: Arc<Node>,
+    secret: ClusterSecret,
+    stream: tokio::net::TcpStream,
+    from: SocketAddr,
+) {
+    let mut conn = match PeerConn::accept(stream, &secret, node.id, HANDSHAKE_TIMEOUT).await {
+        Ok(conn) => conn,
+        Err(e) => {
+            // Nothing the peer sent has been decoded, let alone applied.
+            tracing::warn!(peer = %from, error = %e, "refused a peer connection");
+            return;
+        }
+    };
+    loop {
+        let request: PeerRequest = match conn.recv().await {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(peer = %from, peer_id = conn.peer_id, error = %e, "closing a peer connection");
+                return;
+            }
+        };
+        let response = handle(&node, request).await;
+        if let Err(e) = conn.send(&response).await {
+            tracing::debug!(peer = %from, error = %e, "peer went away before its answer");
+            return;
+        }
+    }
+}
+
+async fn handle(node: &Node, request: PeerRequest) -> PeerResponse {
+    match request {
+        PeerRequest::Append(r) => PeerResponse::Append(node.raft.append_entries(r).await),
+        PeerRequest::Vote(r) => PeerResponse::Vote(node.raft.vote(r).await),
+        PeerRequest::Snapshot(r) => PeerResponse::Snapshot(node.raft.install_snapshot(r).await),
+        PeerRequest::Propose(command) => PeerResponse::Proposed(node.commit_here(command).await),
+        PeerRequest::ReadIndex => PeerResponse::ReadIndex(node.read_index_here().await),
+        PeerRequest::Membership(change) => {
+            PeerResponse::Membership(node.membership_here(change).await)
+        }
+    }
+}
