@@ -43,6 +43,16 @@ pub mod code {
     pub const INTERNAL: u32 = 106;
     /// The plugin or ipkeepctl and the daemon speak different protocol versions.
     pub const PROTOCOL: u32 = 107;
+    /// A pod of this name is already running with the name's sticky address.
+    pub const POD_RUNNING: u32 = 108;
+    /// The pod's namespace may not use the subnet(s).
+    pub const NOT_PERMITTED: u32 = 109;
+    /// The pool that selects the pod has no free address.
+    pub const POOL_EXHAUSTED: u32 = 110;
+    /// The namespace holds its whole quota in the subnet.
+    pub const QUOTA_EXCEEDED: u32 = 111;
+    /// An explicitly requested address cannot be granted; the message says why.
+    pub const ADDRESS_UNAVAILABLE: u32 = 112;
 }
 
 /// An error as the node API returns it; the plugin prints it as a CNI error object.

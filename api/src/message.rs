@@ -6,7 +6,10 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
-use crate::model::{AttachmentKey, Dns, PodRef, Route, SubnetInfo, SubnetSpec};
+use crate::model::{
+    AttachmentKey, Binding, Dns, HistoryEntry, IpRange, PodRef, PodSelector, PoolInfo, Reservation,
+    Route, Sticky, SubnetInfo, SubnetSpec, SubnetUpdate,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
@@ -30,7 +33,44 @@ pub enum Request {
     SubnetDelete {
         name: String,
     },
+    SubnetUpdate {
+        name: String,
+        update: SubnetUpdate,
+    },
     IpList(IpListRequest),
+    /// Past and present holders of one address.
+    IpHistory {
+        address: IpAddr,
+    },
+    IpReserve {
+        range: IpRange,
+        note: String,
+    },
+    IpUnreserve {
+        range: IpRange,
+    },
+    IpReservations,
+    PoolCreate(PoolRequest),
+    PoolList,
+    PoolShow {
+        name: String,
+    },
+    PoolDelete {
+        name: String,
+    },
+    /// Replace a pool's addresses (those taken away must not be in use).
+    PoolResize {
+        name: String,
+        addresses: Vec<IpRange>,
+    },
+    BindingList {
+        namespace: Option<String>,
+    },
+    /// Free a pod name's sticky addresses (refused while the pod runs).
+    BindingRelease {
+        namespace: String,
+        name: String,
+    },
     /// The members of the cluster, with replication progress when asked on the leader.
     MemberList,
     /// Add a node as a learner (it replicates, serves reads, forwards writes).
@@ -64,6 +104,13 @@ pub enum Response {
     SubnetDeleted,
     Ips(IpPage),
     Members(Vec<MemberInfo>),
+    History(AddressHistory),
+    Reservations(Vec<Reservation>),
+    Pool(PoolInfo),
+    Pools(Vec<PoolInfo>),
+    Bindings(Vec<Binding>),
+    /// A change that answers nothing more than that it was made.
+    Done,
     Error(ApiError),
 }
 
@@ -82,6 +129,12 @@ impl Response {
             Response::SubnetDeleted => "SubnetDeleted",
             Response::Ips(_) => "Ips",
             Response::Members(_) => "Members",
+            Response::History(_) => "History",
+            Response::Reservations(_) => "Reservations",
+            Response::Pool(_) => "Pool",
+            Response::Pools(_) => "Pools",
+            Response::Bindings(_) => "Bindings",
+            Response::Done => "Done",
             Response::Error(_) => "Error",
         }
     }
@@ -92,10 +145,44 @@ pub struct AddRequest {
     pub key: AttachmentKey,
     /// CNI_NETNS.
     pub netns: String,
-    /// The subnets to allocate from: one address from each set, taken from the
-    /// first subnet of the set that can give one. Two sets make dual stack.
+    /// The subnets the network's ipam lists (one address per IP family,
+    /// from a pool that selects the pod or the first subnet it may use).
     pub subnets: Vec<Vec<String>>,
     pub pod: PodRef,
+    /// Addresses asked for explicitly (runtimeConfig `ips`, `args.cni.ips`,
+    /// CNI_ARGS `IP=`): granted exactly, or refused with the reason.
+    pub requested: Vec<IpAddr>,
+    pub timing: Timing,
+}
+
+/// When the caller issued a request and when it stops waiting for it, in
+/// microseconds since the Unix epoch by the caller's clock (the plugin runs
+/// on its daemon's node: one clock). An ADD issued before a DEL of the same
+/// attachment is void, however late it reaches the log; a request read after
+/// its deadline is not started. Zero: unknown.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timing {
+    pub issued_us: u64,
+    pub deadline_us: u64,
+}
+
+/// What `ipkeepctl pool create` asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolRequest {
+    pub name: String,
+    pub subnet: String,
+    pub addresses: Vec<IpRange>,
+    pub selector: PodSelector,
+    pub sticky: Option<Sticky>,
+}
+
+/// `ipkeepctl ip history`: who holds an address now and who held it before.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressHistory {
+    pub address: IpAddr,
+    pub current: Option<IpEntry>,
+    /// Newest first.
+    pub past: Vec<HistoryEntry>,
 }
 
 /// One address of an ADD result, with what the plugin needs to print it.
@@ -117,6 +204,7 @@ pub struct AddResult {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DelRequest {
     pub key: AttachmentKey,
+    pub timing: Timing,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,6 +225,7 @@ pub struct GcRequest {
     pub network: String,
     /// (container id, ifname) of the attachments that are still valid.
     pub valid: Vec<(String, String)>,
+    pub timing: Timing,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,6 +1,7 @@
 //! The objects ipkeep manages, as the node API and `ipkeepctl --output json`
 //! show them. The store keeps them; the rules that validate them live there.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
@@ -162,6 +163,31 @@ pub enum GatewaySpec {
     Address(IpAddr),
 }
 
+/// Who may use a subnet, and how much of it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tenancy {
+    /// Namespaces whose pods may use the subnet; empty: every namespace.
+    pub namespaces: Vec<String>,
+    /// Most addresses a namespace may hold or keep bound in the subnet.
+    pub quotas: BTreeMap<String, u64>,
+}
+
+impl Tenancy {
+    pub fn allows(&self, namespace: Option<&str>) -> bool {
+        self.namespaces.is_empty()
+            || namespace.is_some_and(|ns| self.namespaces.iter().any(|n| n == ns))
+    }
+}
+
+/// Sticky addresses: the first ADD of a pod name binds its address to that
+/// name (namespace/name), and later ADDs of the same name get it again, on
+/// any node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sticky {
+    /// A binding unused for this long is freed; None keeps it until released.
+    pub idle_ttl_ms: Option<u64>,
+}
+
 /// What an operator asks for when creating a subnet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubnetSpec {
@@ -171,6 +197,8 @@ pub struct SubnetSpec {
     pub exclude: Vec<IpRange>,
     pub routes: Vec<Route>,
     pub dns: Dns,
+    pub tenancy: Tenancy,
+    pub sticky: Option<Sticky>,
 }
 
 /// A subnet as the cluster stores it: the spec with its gateway settled.
@@ -182,6 +210,222 @@ pub struct Subnet {
     pub exclude: Vec<IpRange>,
     pub routes: Vec<Route>,
     pub dns: Dns,
+    pub tenancy: Tenancy,
+    pub sticky: Option<Sticky>,
+}
+
+/// Changes to a subnet that leave its addresses where they are. Fields left
+/// None are kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubnetUpdate {
+    pub namespaces: Option<Vec<String>>,
+    /// Quotas to set (Some) or remove (None), by namespace.
+    pub quotas: Vec<(String, Option<u64>)>,
+    /// Some(None) makes the subnet not sticky; existing bindings stay.
+    pub sticky: Option<Option<Sticky>>,
+    pub routes: Option<Vec<Route>>,
+    pub dns: Option<Dns>,
+}
+
+/// Which pods a pool's addresses are for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PodPattern {
+    /// Exactly this pod name, e.g. `etcd-0`.
+    Name(String),
+    /// Every pod whose name starts with this, written `etcd-*`.
+    Prefix(String),
+}
+
+impl PodPattern {
+    pub fn matches(&self, pod: &str) -> bool {
+        match self {
+            PodPattern::Name(n) => n == pod,
+            PodPattern::Prefix(p) => pod.starts_with(p.as_str()),
+        }
+    }
+
+    /// Whether some pod name matches both patterns.
+    pub fn overlaps(&self, other: &PodPattern) -> bool {
+        match (self, other) {
+            (PodPattern::Name(a), PodPattern::Name(b)) => a == b,
+            (PodPattern::Name(n), p @ PodPattern::Prefix(_))
+            | (p @ PodPattern::Prefix(_), PodPattern::Name(n)) => p.matches(n),
+            (PodPattern::Prefix(a), PodPattern::Prefix(b)) => {
+                a.starts_with(b.as_str()) || b.starts_with(a.as_str())
+            }
+        }
+    }
+}
+
+impl FromStr for PodPattern {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let (body, prefix) = match s.strip_suffix('*') {
+            Some(p) => (p, true),
+            None => (s, false),
+        };
+        if body.is_empty() {
+            return Err(format!("{s:?} matches no pod name (write NAME or PREFIX*)"));
+        }
+        if body
+            .chars()
+            .any(|c| c.is_whitespace() || c == '*' || c == '/' || c.is_control())
+        {
+            return Err(format!("{s:?} is not a pod name or PREFIX*"));
+        }
+        Ok(if prefix {
+            PodPattern::Prefix(body.into())
+        } else {
+            PodPattern::Name(body.into())
+        })
+    }
+}
+
+impl fmt::Display for PodPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PodPattern::Name(n) => write!(f, "{n}"),
+            PodPattern::Prefix(p) => write!(f, "{p}*"),
+        }
+    }
+}
+
+/// The pods a pool selects: those of `namespace` (any, when None) whose
+/// names match one of `pods` (any, when empty). A pool selects something.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodSelector {
+    pub namespace: Option<String>,
+    pub pods: Vec<PodPattern>,
+}
+
+impl PodSelector {
+    pub fn selects(&self, pod: &PodRef) -> bool {
+        if self.namespace.is_some() && self.namespace != pod.namespace {
+            return false;
+        }
+        if self.pods.is_empty() {
+            return true;
+        }
+        pod.name
+            .as_deref()
+            .is_some_and(|name| self.pods.iter().any(|p| p.matches(name)))
+    }
+
+    /// Whether some pod is selected by both.
+    pub fn overlaps(&self, other: &PodSelector) -> bool {
+        let namespaces_meet = match (&self.namespace, &other.namespace) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        };
+        let names_meet = self.pods.is_empty()
+            || other.pods.is_empty()
+            || self
+                .pods
+                .iter()
+                .any(|a| other.pods.iter().any(|b| a.overlaps(b)));
+        namespaces_meet && names_meet
+    }
+}
+
+impl fmt::Display for PodSelector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ns = self.namespace.as_deref().unwrap_or("*");
+        if self.pods.is_empty() {
+            write!(f, "{ns}/*")
+        } else {
+            let pods: Vec<String> = self.pods.iter().map(|p| p.to_string()).collect();
+            write!(f, "{ns}/{}", pods.join(","))
+        }
+    }
+}
+
+/// A named set of addresses of one subnet, kept for the pods it selects.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pool {
+    pub name: String,
+    pub subnet: String,
+    pub addresses: Vec<IpRange>,
+    pub selector: PodSelector,
+    pub sticky: Option<Sticky>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolUsage {
+    /// Addresses of the pool that can be handed out.
+    pub size: u128,
+    pub held: u64,
+    /// Bound to a pod name and not in use right now.
+    pub bound_idle: u64,
+    pub free: u128,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolInfo {
+    pub pool: Pool,
+    pub usage: PoolUsage,
+}
+
+/// A sticky address: bound to a pod name, kept across that pod's deletion.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Binding {
+    pub namespace: String,
+    pub name: String,
+    pub addresses: Vec<AllocatedAddress>,
+    /// The MAC kept with the addresses, once the main plugin sets one.
+    pub mac: Option<String>,
+    /// The pool the addresses came from; None: the subnet's own sticky addresses.
+    pub pool: Option<String>,
+    /// The attachment using the binding now, if the pod is running.
+    pub holder: Option<AttachmentKey>,
+    pub since_ms: u64,
+    pub last_used_ms: u64,
+    pub idle_ttl_ms: Option<u64>,
+}
+
+/// Addresses kept from being handed out (a router, a VIP).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reservation {
+    pub range: IpRange,
+    pub subnet: String,
+    pub note: String,
+    pub since_ms: u64,
+}
+
+/// Why an attachment's addresses were released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReleaseReason {
+    Del,
+    Gc,
+    Reconciler,
+    NodeForgotten,
+    Operator,
+}
+
+impl fmt::Display for ReleaseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ReleaseReason::Del => "DEL",
+            ReleaseReason::Gc => "GC",
+            ReleaseReason::Reconciler => "reconciler",
+            ReleaseReason::NodeForgotten => "node forgotten",
+            ReleaseReason::Operator => "operator",
+        })
+    }
+}
+
+/// A past holder of an address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub address: IpAddr,
+    pub subnet: String,
+    pub key: AttachmentKey,
+    pub pod: PodRef,
+    pub node: String,
+    pub from_ms: u64,
+    pub to_ms: u64,
+    pub reason: ReleaseReason,
 }
 
 /// How much of a subnet is in use. Counts are u128 because an IPv6 /64 has
@@ -192,13 +436,21 @@ pub struct SubnetUsage {
     /// gateway and excluded ranges).
     pub assignable: u128,
     pub held: u64,
+    /// Free in the subnet's general free list (not reserved, not in a pool, not bound).
     pub free: u128,
+    pub reserved: u128,
+    /// Addresses set aside in pools.
+    pub pooled: u128,
+    /// Bound to a pod name and not in use right now.
+    pub bound_idle: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubnetInfo {
     pub subnet: Subnet,
     pub usage: SubnetUsage,
+    /// Addresses held or bound per namespace (what quotas count).
+    pub by_namespace: BTreeMap<String, u64>,
 }
 
 /// What identifies an attachment: the network (the conflist's `name`), the

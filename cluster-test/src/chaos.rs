@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::checker::{check, Violation};
+use crate::checker::{check, Expectations, PoolRule, Violation};
 use crate::cluster::{Cluster, ClusterOptions, Direction};
 use crate::history::{FaultRecord, History, MinorityWindow, OpKind, Outcome};
 use crate::rng::Rng;
@@ -139,7 +139,21 @@ impl Run {
         self.hold(base, base + 3000);
     }
 
+    /// A daemon that exited by itself is a finding: report it with the end of
+    /// its log, and start it again so the run goes on.
+    fn reap_crashes(&mut self) {
+        for (id, status) in self.cluster.exited() {
+            self.problems.push(format!(
+                "node {id}'s daemon exited on its own ({status}) at {:.1} s; its log ends:\n{}",
+                self.now() as f64 / 1e6,
+                self.cluster.log_tail(id, 5)
+            ));
+            self.cluster.spawn(id);
+        }
+    }
+
     fn inject(&mut self, fault: Fault) {
+        self.reap_crashes();
         let Some(leader) = self.leader() else {
             self.problems.push(format!(
                 "no leader at {:.1} s before {}",
@@ -331,6 +345,44 @@ pub fn run(options: ChaosOptions) -> ChaosReport {
         },
         &options.out,
     );
+    // Fixed addresses under fire: a sticky pool for StatefulSet-like pods
+    // that move between nodes, and a namespace with a quota.
+    let setup = [
+        vec![
+            "pool",
+            "create",
+            "sts",
+            "--subnet",
+            "pods",
+            "--addresses",
+            "10.200.1.200-10.200.1.239",
+            "--namespace",
+            "stateful",
+            "--pods",
+            "sts-*",
+            "--sticky",
+        ],
+        vec!["subnet", "update", "pods", "--quota", "capped=10"],
+    ];
+    for args in setup {
+        let out = cluster.ctl(1, &args);
+        assert!(
+            out.ok(),
+            "chaos set-up `ipkeepctl {}` failed: {}",
+            args.join(" "),
+            out.stderr
+        );
+    }
+    let expect = Expectations {
+        sticky_namespaces: vec!["stateful".into()],
+        pools: vec![PoolRule {
+            first: "10.200.1.200".parse().expect("address"),
+            last: "10.200.1.239".parse().expect("address"),
+            namespace: "stateful".into(),
+            prefix: "sts-".into(),
+        }],
+        quotas: vec![("capped".into(), 10)],
+    };
     let t0 = Instant::now();
     let workload = Workload::start(
         &cluster,
@@ -340,6 +392,9 @@ pub fn run(options: ChaosOptions) -> ChaosReport {
             plugin_timeout_ms: options.write_timeout_ms + 4000,
             retry_timeout_ms: 1500,
             pods_per_worker: 16,
+            capped_namespace: Some("capped".into()),
+            sticky_namespace: "stateful".into(),
+            sticky_pods_per_node: 4,
         },
         t0,
         &mut rng,
@@ -365,6 +420,7 @@ pub fn run(options: ChaosOptions) -> ChaosReport {
     }
 
     // Undo everything, let the workload see a healthy cluster, then stop it.
+    run.reap_crashes();
     run.cluster.restore_all();
     if run.leader_within(RECOVERY).is_none() {
         run.problems
@@ -378,7 +434,7 @@ pub fn run(options: ChaosOptions) -> ChaosReport {
     }
     let finals = run.cluster.final_states();
     let bound_us = (options.write_timeout_ms + 2000) * 1000;
-    let violations = check(&run.history, &finals, bound_us);
+    let violations = check(&run.history, &finals, bound_us, &expect);
     let summary = summarize(
         &options,
         &run.history,

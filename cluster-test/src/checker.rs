@@ -6,13 +6,19 @@
 //!     successful ADD until the start of its DEL), and a retried ADD got the
 //!     address the first one got;
 //! (b) every acknowledged ADD not followed by a DEL is in every node's final
-//!     state, with its address;
+//!     state, with its address, and an attachment whose last call was an
+//!     acknowledged DEL is in none (a late ADD must not bring it back);
 //! (c) all nodes end with the same state, and no address is held twice in it;
 //! (d) while a node was on the minority side of a partition, its plugin calls
-//!     answered CNI error 11 within the bound, never an address.
+//!     answered CNI error 11 within the bound, never an address;
+//! (e) a sticky pod always got its own address, on whichever node it ran;
+//! (f) a pool's addresses went only to the pods it selects, and those pods
+//!     only got addresses of their pool;
+//! (g) no namespace held more addresses at once than its quota.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::IpAddr;
 
 use crate::history::{FinalState, History, Op, OpKind, Outcome};
 
@@ -54,6 +60,48 @@ pub enum Violation {
     MinorityWrongCode {
         op: Op,
     },
+    Resurrected {
+        cid: String,
+        node: u64,
+    },
+    StickyMoved {
+        pod: String,
+        first: Vec<String>,
+        then: Vec<String>,
+        cid: String,
+    },
+    PoolLeak {
+        op: Op,
+        address: String,
+    },
+    PoolMissed {
+        op: Op,
+        address: String,
+    },
+    QuotaExceeded {
+        namespace: String,
+        held: u64,
+        limit: u64,
+        at_us: u64,
+    },
+}
+
+/// A pool as the checker sees it: an address range for the pods of one
+/// namespace whose names start with a prefix.
+#[derive(Debug, Clone)]
+pub struct PoolRule {
+    pub first: IpAddr,
+    pub last: IpAddr,
+    pub namespace: String,
+    pub prefix: String,
+}
+
+/// What the run set up, for checks (e) to (g).
+#[derive(Debug, Clone, Default)]
+pub struct Expectations {
+    pub sticky_namespaces: Vec<String>,
+    pub pools: Vec<PoolRule>,
+    pub quotas: Vec<(String, u64)>,
 }
 
 impl fmt::Display for Violation {
@@ -120,6 +168,41 @@ impl fmt::Display for Violation {
                 "(d) node {} on the minority side answered {:?} {} with {:?}, not error 11",
                 op.node, op.kind, op.cid, op.outcome
             ),
+            Violation::Resurrected { cid, node } => write!(
+                f,
+                "(b) {cid} was deleted (its last call, acknowledged) but node {node} still holds it"
+            ),
+            Violation::StickyMoved {
+                pod,
+                first,
+                then,
+                cid,
+            } => {
+                write!(
+                    f,
+                    "(e) sticky pod {pod} got {then:?} as {cid}; it first got {first:?}"
+                )
+            }
+            Violation::PoolLeak { op, address } => write!(
+                f,
+                "(f) pool address {address} went to {}/{} ({}), which the pool does not select",
+                op.namespace, op.pod, op.cid
+            ),
+            Violation::PoolMissed { op, address } => write!(
+                f,
+                "(f) {}/{} ({}) is selected by a pool but got {address} outside it",
+                op.namespace, op.pod, op.cid
+            ),
+            Violation::QuotaExceeded {
+                namespace,
+                held,
+                limit,
+                at_us,
+            } => write!(
+                f,
+                "(g) namespace {namespace} held {held} addresses at {:.3} s, its quota is {limit}",
+                *at_us as f64 / 1e6
+            ),
         }
     }
 }
@@ -127,6 +210,7 @@ impl fmt::Display for Violation {
 /// What a cid was acknowledged to hold, and for how long.
 struct Holding {
     cid: String,
+    namespace: String,
     addresses: Vec<String>,
     from: u64,
     /// Start of the first DEL after the acknowledgement; None: still held.
@@ -148,6 +232,7 @@ fn holdings(history: &History, violations: &mut Vec<Violation>) -> Vec<Holding> 
         let Some((from, addresses)) = first_ack else {
             continue;
         };
+        let namespace = ops.first().map(|o| o.namespace.clone()).unwrap_or_default();
         for o in &ops {
             if let (OpKind::Add, Outcome::Ok(a)) = (&o.kind, &o.outcome) {
                 if *a != addresses {
@@ -166,6 +251,7 @@ fn holdings(history: &History, violations: &mut Vec<Violation>) -> Vec<Holding> 
             .min();
         out.push(Holding {
             cid: cid.to_owned(),
+            namespace,
             addresses,
             from,
             until,
@@ -174,9 +260,19 @@ fn holdings(history: &History, violations: &mut Vec<Violation>) -> Vec<Holding> 
     out
 }
 
-pub fn check(history: &History, finals: &[FinalState], minority_bound_us: u64) -> Vec<Violation> {
+fn in_range(a: IpAddr, first: IpAddr, last: IpAddr) -> bool {
+    a.is_ipv4() == first.is_ipv4() && first <= a && a <= last
+}
+
+pub fn check(
+    history: &History,
+    finals: &[FinalState],
+    minority_bound_us: u64,
+    expect: &Expectations,
+) -> Vec<Violation> {
     let mut violations = Vec::new();
     let holdings = holdings(history, &mut violations);
+    check_fixed(history, &holdings, expect, &mut violations);
 
     // (a) overlapping acknowledged intervals on one address.
     let mut by_address: BTreeMap<&str, Vec<&Holding>> = BTreeMap::new();
@@ -210,6 +306,27 @@ pub fn check(history: &History, finals: &[FinalState], minority_bound_us: u64) -
                     addresses: h.addresses.clone(),
                     node: f.node,
                     found: found.cloned(),
+                });
+            }
+        }
+    }
+
+    // (b) an acknowledged last DEL leaves nothing behind.
+    let mut last_call: BTreeMap<&str, &Op> = BTreeMap::new();
+    for op in &history.ops {
+        let newer = last_call
+            .get(op.cid.as_str())
+            .is_none_or(|o| o.start < op.start);
+        if newer {
+            last_call.insert(&op.cid, op);
+        }
+    }
+    for (cid, op) in last_call {
+        if op.kind == OpKind::Del && op.outcome.is_ok() {
+            for f in finals.iter().filter(|f| f.held.contains_key(cid)) {
+                violations.push(Violation::Resurrected {
+                    cid: cid.to_owned(),
+                    node: f.node,
                 });
             }
         }
@@ -249,6 +366,91 @@ pub fn check(history: &History, finals: &[FinalState], minority_bound_us: u64) -
         }
     }
 
+    check_minority(history, minority_bound_us, &mut violations);
+    violations
+}
+
+/// (e), (f), (g).
+fn check_fixed(
+    history: &History,
+    holdings: &[Holding],
+    expect: &Expectations,
+    violations: &mut Vec<Violation>,
+) {
+    let mut sticky_first: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    let mut added: Vec<&Op> = history
+        .ops
+        .iter()
+        .filter(|o| o.kind == OpKind::Add && o.outcome.is_ok())
+        .collect();
+    added.sort_by_key(|o| o.end);
+    for op in added {
+        let Outcome::Ok(addresses) = &op.outcome else {
+            continue;
+        };
+        if expect.sticky_namespaces.contains(&op.namespace) {
+            let first = sticky_first
+                .entry((op.namespace.clone(), op.pod.clone()))
+                .or_insert_with(|| addresses.clone());
+            if first != addresses {
+                violations.push(Violation::StickyMoved {
+                    pod: format!("{}/{}", op.namespace, op.pod),
+                    first: first.clone(),
+                    then: addresses.clone(),
+                    cid: op.cid.clone(),
+                });
+            }
+        }
+        for rule in &expect.pools {
+            let selected = op.namespace == rule.namespace && op.pod.starts_with(&rule.prefix);
+            for a in addresses {
+                let Ok(addr) = a.parse::<IpAddr>() else {
+                    continue;
+                };
+                let inside = in_range(addr, rule.first, rule.last);
+                if inside && !selected {
+                    violations.push(Violation::PoolLeak {
+                        op: op.clone(),
+                        address: a.clone(),
+                    });
+                }
+                if selected && !inside && addr.is_ipv4() == rule.first.is_ipv4() {
+                    violations.push(Violation::PoolMissed {
+                        op: op.clone(),
+                        address: a.clone(),
+                    });
+                }
+            }
+        }
+    }
+    for (namespace, limit) in &expect.quotas {
+        // +1 at each acknowledgement, -1 at each DEL's start; the peak must stay within the limit.
+        let mut events: Vec<(u64, i64)> = Vec::new();
+        for h in holdings.iter().filter(|h| &h.namespace == namespace) {
+            events.push((h.from, h.addresses.len() as i64));
+            if let Some(u) = h.until {
+                events.push((u, -(h.addresses.len() as i64)));
+            }
+        }
+        // At equal times, releases first: a DEL that starts as an ADD ends is not an overlap.
+        events.sort_by_key(|(t, d)| (*t, *d));
+        let mut held: i64 = 0;
+        for (t, d) in events {
+            held += d;
+            if held > *limit as i64 {
+                violations.push(Violation::QuotaExceeded {
+                    namespace: namespace.clone(),
+                    held: held as u64,
+                    limit: *limit,
+                    at_us: t,
+                });
+                break;
+            }
+        }
+    }
+}
+
+fn check_minority(history: &History, minority_bound_us: u64, violations: &mut Vec<Violation>) {
     // (d) the minority side answers 11, in time, never an address. A call
     // still unanswered when the partition healed counts as slow if the bound
     // had passed by then.
@@ -276,5 +478,4 @@ pub fn check(history: &History, finals: &[FinalState], minority_bound_us: u64) -
             }
         }
     }
-    violations
 }

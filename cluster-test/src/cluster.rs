@@ -253,6 +253,22 @@ impl Cluster {
         });
     }
 
+    /// Daemons that exited without being told to (a crash), reaped; their
+    /// nodes count as stopped from now on.
+    pub fn exited(&mut self) -> Vec<(u64, String)> {
+        let mut out = Vec::new();
+        for node in &mut self.nodes {
+            if let Some(child) = &mut node.child {
+                if let Ok(Some(status)) = child.try_wait() {
+                    out.push((node.id, status.to_string()));
+                    node.child = None;
+                    node.paused = false;
+                }
+            }
+        }
+        out
+    }
+
     pub fn kill9(&mut self, id: u64) {
         let node = self.node_mut(id);
         if let Some(mut child) = node.child.take() {

@@ -33,6 +33,11 @@ pub struct Op {
     pub node: u64,
     pub kind: OpKind,
     pub cid: String,
+    /// The pod's namespace and name, as CNI_ARGS gave them.
+    #[serde(default)]
+    pub namespace: String,
+    #[serde(default)]
+    pub pod: String,
     pub start: u64,
     pub end: u64,
     pub outcome: Outcome,

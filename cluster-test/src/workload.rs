@@ -27,6 +27,36 @@ pub struct WorkloadOptions {
     pub retry_timeout_ms: u64,
     /// Live pods a worker keeps around before it mostly deletes.
     pub pods_per_worker: usize,
+    /// The namespace of the general workers on node 1, which has a quota.
+    pub capped_namespace: Option<String>,
+    /// The namespace of sticky pods (selected by a sticky pool); the second
+    /// worker of every node runs this many of them, moving between nodes.
+    pub sticky_namespace: String,
+    pub sticky_pods_per_node: usize,
+}
+
+/// A sticky container id is POD.N; the pod name is what comes before the dot.
+fn pod_of(cid: &str) -> String {
+    cid.split('.').next().unwrap_or(cid).to_owned()
+}
+
+/// What a worker plays.
+#[derive(Clone)]
+enum Role {
+    /// Pods with fresh names: ADD, retried ADD (on any node), DEL.
+    General { namespace: String },
+    /// StatefulSet-like pods: each name is deleted and re-created, with a
+    /// new container id, on a random node, again and again.
+    Sticky { names: Vec<String> },
+}
+
+/// A sticky pod's life as its worker knows it.
+#[derive(Clone)]
+enum StickyPod {
+    Stopped,
+    Running(String),
+    /// An ADD or DEL of this container failed: delete it before anything else.
+    Cleanup(String),
 }
 
 pub struct Workload {
@@ -90,6 +120,8 @@ struct Worker {
     me: Target,
     all: Vec<Target>,
     options: WorkloadOptions,
+    role: Role,
+    sticky: Vec<StickyPod>,
     name: String,
     rng: Rng,
     t0: Instant,
@@ -103,17 +135,35 @@ struct Worker {
 
 impl Worker {
     fn call(&mut self, kind: OpKind, cid: &str, target: &Target) -> Outcome {
-        let timeout = if target.id == self.me.id {
-            self.options.plugin_timeout_ms
-        } else {
-            self.options.retry_timeout_ms
+        let (namespace, pod) = match &self.role {
+            Role::General { namespace } => (namespace.clone(), cid.to_owned()),
+            Role::Sticky { .. } => (self.options.sticky_namespace.clone(), pod_of(cid)),
         };
+        self.call_as(
+            kind,
+            cid,
+            &namespace,
+            &pod,
+            target,
+            self.options.plugin_timeout_ms,
+        )
+    }
+
+    fn call_as(
+        &mut self,
+        kind: OpKind,
+        cid: &str,
+        namespace: &str,
+        pod: &str,
+        target: &Target,
+        timeout: u64,
+    ) -> Outcome {
         let conf = conf(target, &self.options, timeout);
         let call = match kind {
             OpKind::Add => CniCall::ipkeep("ADD")
                 .attachment(cid, "eth0", &format!("/run/netns/{cid}"))
                 .args(&format!(
-                    "IgnoreUnknown=1;K8S_POD_NAMESPACE=chaos;K8S_POD_NAME={cid}"
+                    "IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={pod}"
                 )),
             OpKind::Del => CniCall::ipkeep("DEL")
                 .env("CNI_CONTAINERID", cid)
@@ -128,6 +178,8 @@ impl Worker {
             node: target.id,
             kind,
             cid: cid.to_owned(),
+            namespace: namespace.to_owned(),
+            pod: pod.to_owned(),
             start,
             end,
             outcome: outcome.clone(),
@@ -136,6 +188,39 @@ impl Worker {
     }
 
     fn step(&mut self) {
+        match self.role.clone() {
+            Role::General { .. } => self.step_general(),
+            Role::Sticky { names } => self.step_sticky(&names),
+        }
+    }
+
+    fn step_sticky(&mut self, names: &[String]) {
+        let i = self.rng.below(names.len() as u64) as usize;
+        let me = self.me.clone();
+        match self.sticky[i].clone() {
+            StickyPod::Stopped => {
+                // Scheduled on any node, as a rescheduled StatefulSet pod is.
+                let cid = format!("{}.{}", names[i], self.next);
+                self.next += 1;
+                let target = self.rng.pick(&self.all).clone();
+                self.sticky[i] = if self.call(OpKind::Add, &cid, &target).is_ok() {
+                    StickyPod::Running(cid)
+                } else {
+                    StickyPod::Cleanup(cid)
+                };
+            }
+            StickyPod::Running(cid) | StickyPod::Cleanup(cid) => {
+                if self.call(OpKind::Del, &cid, &me).is_ok() {
+                    self.sticky[i] = StickyPod::Stopped;
+                } else {
+                    self.sticky[i] = StickyPod::Cleanup(cid);
+                    self.pace();
+                }
+            }
+        }
+    }
+
+    fn step_general(&mut self) {
         let me = self.me.clone();
         if let Some(cid) = self.cleanup.first().cloned() {
             if self.call(OpKind::Del, &cid, &me).is_ok() {
@@ -161,7 +246,18 @@ impl Worker {
             // A retried ADD, on this node or another: the same answer is expected.
             let cid = self.rng.pick(&self.live).clone();
             let target = self.rng.pick(&self.all).clone();
-            if !self.call(OpKind::Add, &cid, &target).is_ok() {
+            let timeout = if target.id == me.id {
+                self.options.plugin_timeout_ms
+            } else {
+                self.options.retry_timeout_ms
+            };
+            let Role::General { namespace } = self.role.clone() else {
+                return;
+            };
+            if !self
+                .call_as(OpKind::Add, &cid, &namespace, &cid, &target, timeout)
+                .is_ok()
+            {
                 self.pace();
             }
         } else if !self.live.is_empty() {
@@ -200,10 +296,25 @@ impl Workload {
         let mut workers = Vec::new();
         for me in &all {
             for w in 0..options.workers_per_node {
+                let role = if w == 1 {
+                    Role::Sticky {
+                        names: (0..options.sticky_pods_per_node)
+                            .map(|k| format!("sts-{}-{k}", me.id))
+                            .collect(),
+                    }
+                } else {
+                    let namespace = match &options.capped_namespace {
+                        Some(capped) if me.id == 1 => capped.clone(),
+                        _ => "chaos".to_owned(),
+                    };
+                    Role::General { namespace }
+                };
                 let mut worker = Worker {
                     me: me.clone(),
                     all: all.clone(),
                     options: options.clone(),
+                    sticky: vec![StickyPod::Stopped; options.sticky_pods_per_node],
+                    role,
                     name: format!("n{}w{w}", me.id),
                     rng: rng.fork(),
                     t0,

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use ipkeep_cluster_test::checker::{check, Violation};
+use ipkeep_cluster_test::checker::{check, Expectations, PoolRule, Violation};
 use ipkeep_cluster_test::history::{FinalState, History, MinorityWindow, Op, OpKind, Outcome};
 
 const BOUND: u64 = 7_000_000;
@@ -14,6 +14,8 @@ fn add(node: u64, cid: &str, start: u64, end: u64, addr: &str) -> Op {
         node,
         kind: OpKind::Add,
         cid: cid.into(),
+        namespace: "ns".into(),
+        pod: cid.into(),
         start,
         end,
         outcome: Outcome::Ok(vec![addr.into()]),
@@ -25,6 +27,8 @@ fn failed(node: u64, kind: OpKind, cid: &str, start: u64, end: u64, code: u64) -
         node,
         kind,
         cid: cid.into(),
+        namespace: "ns".into(),
+        pod: cid.into(),
         start,
         end,
         outcome: Outcome::Failed {
@@ -39,6 +43,8 @@ fn del(node: u64, cid: &str, start: u64, end: u64) -> Op {
         node,
         kind: OpKind::Del,
         cid: cid.into(),
+        namespace: "ns".into(),
+        pod: cid.into(),
         start,
         end,
         outcome: Outcome::Ok(vec![]),
@@ -80,6 +86,7 @@ fn a_clean_history_passes() {
         &h,
         &finals(&[1, 2, 3], &[("b", "10.0.0.2"), ("c", "10.0.0.3")]),
         BOUND,
+        &Expectations::default(),
     );
     assert!(v.is_empty(), "{v:?}");
 }
@@ -94,6 +101,7 @@ fn a_duplicate_address_is_flagged() {
         &h,
         &finals(&[1, 2], &[("a", "10.0.0.2"), ("b", "10.0.0.2")]),
         BOUND,
+        &Expectations::default(),
     );
     assert!(
         v.iter()
@@ -111,7 +119,12 @@ fn a_duplicate_address_is_flagged() {
         add(2, "b", 5, 15, "10.0.0.2"),
         del(1, "a", 20, 30),
     ]);
-    let v = check(&h, &finals(&[1], &[("b", "10.0.0.2")]), BOUND);
+    let v = check(
+        &h,
+        &finals(&[1], &[("b", "10.0.0.2")]),
+        BOUND,
+        &Expectations::default(),
+    );
     assert!(
         v.iter().any(|v| matches!(v, Violation::TwoHolders { .. })),
         "{v:?}"
@@ -126,7 +139,7 @@ fn a_lost_allocation_is_flagged() {
     ]);
     let mut f = finals(&[1, 2, 3], &[("a", "10.0.0.2"), ("b", "10.0.0.3")]);
     f[2].held.remove("b");
-    let v = check(&h, &f, BOUND);
+    let v = check(&h, &f, BOUND, &Expectations::default());
     assert!(
         v.iter()
             .any(|v| matches!(v, Violation::Lost { cid, node: 3, found: None, .. } if cid == "b")),
@@ -140,7 +153,7 @@ fn a_lost_allocation_is_flagged() {
     // Held with another address is lost too.
     let mut f = finals(&[1], &[("a", "10.0.0.2"), ("b", "10.0.0.9")]);
     f[0].node = 1;
-    let v = check(&h, &f, BOUND);
+    let v = check(&h, &f, BOUND, &Expectations::default());
     assert!(
         v.iter()
             .any(|v| matches!(v, Violation::Lost { cid, found: Some(_), .. } if cid == "b")),
@@ -155,7 +168,7 @@ fn a_failed_or_deleted_add_is_not_expected_at_the_end() {
         add(1, "y", 0, 10, "10.0.0.4"),
         failed(2, OpKind::Del, "y", 20, 30, 11),
     ]);
-    assert!(check(&h, &finals(&[1], &[]), BOUND).is_empty());
+    assert!(check(&h, &finals(&[1], &[]), BOUND, &Expectations::default()).is_empty());
 }
 
 #[test]
@@ -164,7 +177,12 @@ fn a_retry_with_another_address_is_flagged() {
         add(1, "a", 0, 10, "10.0.0.2"),
         add(2, "a", 20, 30, "10.0.0.7"),
     ]);
-    let v = check(&h, &finals(&[1], &[("a", "10.0.0.2")]), BOUND);
+    let v = check(
+        &h,
+        &finals(&[1], &[("a", "10.0.0.2")]),
+        BOUND,
+        &Expectations::default(),
+    );
     assert!(
         v.iter()
             .any(|v| matches!(v, Violation::RetryChanged { .. })),
@@ -190,7 +208,7 @@ fn the_minority_must_answer_11_in_time() {
         to: 20_000_000,
     });
     let f = finals(&[1], &[("guess", "10.0.0.9"), ("majority", "10.0.0.8")]);
-    let v = check(&h, &f, BOUND);
+    let v = check(&h, &f, BOUND, &Expectations::default());
     let flagged = |cid: &str| {
         v.iter()
             .filter(|v| match v {
@@ -207,4 +225,104 @@ fn the_minority_must_answer_11_in_time() {
     assert_eq!(flagged("hung"), 1, "{v:?}");
     assert_eq!(flagged("ok-refusal"), 0, "{v:?}");
     assert_eq!(flagged("majority"), 0, "{v:?}");
+}
+
+fn as_pod(mut op: Op, namespace: &str, pod: &str) -> Op {
+    op.namespace = namespace.into();
+    op.pod = pod.into();
+    op
+}
+
+#[test]
+fn a_sticky_pod_that_moves_a_pool_leak_and_a_quota_overrun_are_flagged() {
+    let expect = Expectations {
+        sticky_namespaces: vec!["sts".into()],
+        pools: vec![PoolRule {
+            first: "10.0.1.10".parse().unwrap(),
+            last: "10.0.1.19".parse().unwrap(),
+            namespace: "sts".into(),
+            prefix: "db-".into(),
+        }],
+        quotas: vec![("capped".into(), 1)],
+    };
+    let h = history(vec![
+        as_pod(add(1, "db-0.1", 0, 10, "10.0.1.10"), "sts", "db-0"),
+        as_pod(del(1, "db-0.1", 20, 30), "sts", "db-0"),
+        // Re-created on another node with another address: (e).
+        as_pod(add(2, "db-0.2", 40, 50, "10.0.1.11"), "sts", "db-0"),
+        // A pod the pool does not select got a pool address: (f).
+        as_pod(add(3, "web", 0, 10, "10.0.1.15"), "other", "web"),
+        // A selected pod got an address outside the pool: (f).
+        as_pod(add(3, "db-1.1", 0, 10, "10.0.0.99"), "sts", "db-1"),
+        // Two addresses at once for a namespace with a quota of one: (g).
+        as_pod(add(1, "c1", 0, 10, "10.0.0.50"), "capped", "c1"),
+        as_pod(add(2, "c2", 5, 15, "10.0.0.51"), "capped", "c2"),
+    ]);
+    let f = finals(
+        &[1],
+        &[
+            ("db-0.2", "10.0.1.11"),
+            ("web", "10.0.1.15"),
+            ("db-1.1", "10.0.0.99"),
+            ("c1", "10.0.0.50"),
+            ("c2", "10.0.0.51"),
+        ],
+    );
+    let v = check(&h, &f, BOUND, &expect);
+    assert!(
+        v.iter().any(|v| matches!(v, Violation::StickyMoved { .. })),
+        "{v:?}"
+    );
+    assert!(
+        v.iter()
+            .any(|v| matches!(v, Violation::PoolLeak { address, .. } if address == "10.0.1.15")),
+        "{v:?}"
+    );
+    assert!(
+        v.iter()
+            .any(|v| matches!(v, Violation::PoolMissed { address, .. } if address == "10.0.0.99")),
+        "{v:?}"
+    );
+    assert!(
+        v.iter().any(|v| matches!(
+            v,
+            Violation::QuotaExceeded {
+                held: 2,
+                limit: 1,
+                ..
+            }
+        )),
+        "{v:?}"
+    );
+    // Within the quota when the first is deleted before the second is acknowledged.
+    let h = history(vec![
+        as_pod(add(1, "c1", 0, 10, "10.0.0.50"), "capped", "c1"),
+        as_pod(del(1, "c1", 11, 12), "capped", "c1"),
+        as_pod(add(2, "c2", 5, 15, "10.0.0.51"), "capped", "c2"),
+    ]);
+    let v = check(&h, &finals(&[1], &[("c2", "10.0.0.51")]), BOUND, &expect);
+    assert!(v.is_empty(), "{v:?}");
+}
+
+#[test]
+fn an_attachment_back_after_its_acknowledged_del_is_flagged() {
+    let h = history(vec![
+        failed(1, OpKind::Add, "z", 0, 3_000_000, 11),
+        del(1, "z", 3_000_100, 3_000_200),
+    ]);
+    // A late ADD committed after the DEL: the final state still holds z.
+    let v = check(
+        &h,
+        &finals(&[1, 2], &[("z", "10.0.0.9")]),
+        BOUND,
+        &Expectations::default(),
+    );
+    assert_eq!(
+        v.iter()
+            .filter(|v| matches!(v, Violation::Resurrected { .. }))
+            .count(),
+        2,
+        "{v:?}"
+    );
+    assert!(check(&h, &finals(&[1, 2], &[]), BOUND, &Expectations::default()).is_empty());
 }

@@ -110,10 +110,13 @@ fn malformed_configs_are_6_or_7_and_name_the_field() {
     let mut both = f.conf("pods");
     both["ipam"]["subnets"] = json!(["pods"]);
     assert_error(&f.add("x", &both), 7, &["subnet"]);
-    let mut three = f.conf("pods");
-    three["ipam"].as_object_mut().unwrap().remove("subnet");
-    three["ipam"]["subnets"] = json!(["a", "b", "c"]);
-    assert_error(&f.add("x", &three), 7, &["ipam.subnets"]);
+    let mut empty = f.conf("pods");
+    empty["ipam"].as_object_mut().unwrap().remove("subnet");
+    empty["ipam"]["subnets"] = json!([]);
+    assert_error(&f.add("x", &empty), 7, &["ipam.subnets"]);
+    let mut bad_ip = f.conf("pods");
+    bad_ip["args"] = json!({"cni": {"ips": ["10.70.0.999"]}});
+    assert_error(&f.add("x", &bad_ip), 7, &["args.cni.ips[0]"]);
     assert_eq!(f.store(), before);
 }
 

@@ -26,6 +26,8 @@ fn add_request(i: usize) -> Request {
             name: Some(format!("pod-{i}")),
             uid: None,
         },
+        requested: vec![],
+        timing: Default::default(),
     })
 }
 

@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use ipkeep_api::message::{
-    AddRequest, CheckRequest, DelRequest, GcRequest, ReadyRequest, Request, Response,
+    AddRequest, CheckRequest, DelRequest, GcRequest, ReadyRequest, Request, Response, Timing,
 };
 use ipkeep_api::{code, expect_response, Client, ClientError};
 use ipnet::IpNet;
@@ -66,6 +66,18 @@ fn version_info(json: Option<&Value>) -> Value {
     json!({"cniVersion": asked, "supportedVersions": version::SUPPORTED})
 }
 
+/// Now, and when the plugin stops waiting for the daemon.
+fn timing(settings: &Settings) -> Timing {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0);
+    Timing {
+        issued_us: now,
+        deadline_us: now + settings.timeout.as_micros() as u64,
+    }
+}
+
 fn call(settings: &Settings, request: &Request) -> Result<Response, ClientError> {
     Client::connect(&settings.socket, settings.timeout)?.call(request)
 }
@@ -80,6 +92,14 @@ fn add(env: &CniEnv, settings: &Settings) -> Result<Output, PluginError> {
         netns: env.netns.clone(),
         subnets: settings.subnets.clone(),
         pod: env.args.pod.clone(),
+        // CNI_ARGS IP= is the deprecated way: used only when the
+        // configuration asks for nothing.
+        requested: if settings.requested.is_empty() {
+            env.args.ips.clone()
+        } else {
+            settings.requested.clone()
+        },
+        timing: timing(settings),
     });
     let response = call(settings, &request).map_err(api)?;
     let result = expect_response!(response, Response::Added(r) => r, "Added").map_err(api)?;
@@ -92,6 +112,7 @@ fn add(env: &CniEnv, settings: &Settings) -> Result<Output, PluginError> {
 fn del(env: &CniEnv, settings: &Settings) -> Result<Output, PluginError> {
     let request = Request::Del(DelRequest {
         key: env.key(&settings.network),
+        timing: timing(settings),
     });
     let response = call(settings, &request).map_err(api)?;
     let result = expect_response!(response, Response::Deleted(r) => r, "Deleted").map_err(api)?;
@@ -138,6 +159,7 @@ fn gc(settings: &Settings) -> Result<Output, PluginError> {
     let request = Request::Gc(GcRequest {
         network: settings.network.clone(),
         valid: settings.gc_keep.clone(),
+        timing: timing(settings),
     });
     let response = call(settings, &request).map_err(api)?;
     let result =

@@ -11,8 +11,10 @@
 //!           "logFile": "/var/log/ipkeep/plugin.log", "logLevel": "info" }
 //! ```
 //!
-//! `subnets` lists one entry per address family; an entry that is itself a
-//! list names alternatives, tried in order.
+//! The pod gets one address per IP family the listed subnets cover: for each
+//! family, from a pool that selects it, or else from the first listed subnet
+//! of that family its namespace may use. (An entry may itself be a list; it
+//! reads the same as listing its subnets in place.)
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -69,6 +71,12 @@ pub struct NetConf {
     pub name: String,
     pub ipam: Option<IpamConf>,
     pub prev_result: Option<Value>,
+    /// Capabilities the configuration declares; runtimeConfig `ips` counts
+    /// only with `"ips": true` (the runtime derives runtimeConfig from them).
+    #[serde(default)]
+    pub capabilities: std::collections::BTreeMap<String, bool>,
+    pub runtime_config: Option<Value>,
+    pub args: Option<Value>,
     #[serde(rename = "cni.dev/valid-attachments")]
     pub valid_attachments: Option<Vec<GcAttachment>>,
     #[serde(rename = "cni.dev/attachments")]
@@ -85,6 +93,32 @@ pub struct Settings {
     pub timeout: Duration,
     pub prev_result: Option<Value>,
     pub gc_keep: Vec<(String, String)>,
+    /// Addresses asked for in the configuration (runtimeConfig `ips`, then
+    /// `args.cni.ips`); empty when none. CNI_ARGS `IP=` is the fallback.
+    pub requested: Vec<std::net::IpAddr>,
+}
+
+/// Parses a list of requested addresses ("10.0.0.5" or "10.0.0.5/24"; the
+/// subnet decides the prefix length).
+fn requested_ips(field: &str, list: &Value) -> Result<Vec<std::net::IpAddr>, PluginError> {
+    let items = list
+        .as_array()
+        .ok_or_else(|| PluginError::config(field, "must be a list of IP addresses"))?;
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let text = item
+                .as_str()
+                .ok_or_else(|| PluginError::config(&format!("{field}[{i}]"), "must be a string"))?;
+            text.split('/').next().unwrap_or(text).parse().map_err(|_| {
+                PluginError::config(
+                    &format!("{field}[{i}]"),
+                    format!("{text:?} is not an IP address"),
+                )
+            })
+        })
+        .collect()
 }
 
 /// Parses stdin as JSON; a syntax error is CNI error 6.
@@ -151,15 +185,6 @@ fn subnet_sets(ipam: &IpamConf) -> Result<Vec<Vec<String>>, PluginError> {
     if sets.is_empty() {
         return Err(PluginError::config("ipam.subnets", "is empty"));
     }
-    if sets.len() > 2 {
-        return Err(PluginError::config(
-            "ipam.subnets",
-            format!(
-                "lists {} entries; give one per address family (at most an IPv4 and an IPv6)",
-                sets.len()
-            ),
-        ));
-    }
     for (i, set) in sets.iter().enumerate() {
         if set.is_empty() {
             return Err(PluginError::config(
@@ -213,7 +238,24 @@ pub fn settle(json: Value) -> Result<Settings, PluginError> {
             gc_keep.push(pair);
         }
     }
+    let mut requested = Vec::new();
+    if conf.capabilities.get("ips") == Some(&true) {
+        if let Some(ips) = conf.runtime_config.as_ref().and_then(|r| r.get("ips")) {
+            requested = requested_ips("runtimeConfig.ips", ips)?;
+        }
+    }
+    if requested.is_empty() {
+        if let Some(ips) = conf
+            .args
+            .as_ref()
+            .and_then(|a| a.get("cni"))
+            .and_then(|c| c.get("ips"))
+        {
+            requested = requested_ips("args.cni.ips", ips)?;
+        }
+    }
     Ok(Settings {
+        requested,
         cni_version: conf.cni_version,
         network: conf.name,
         subnets,
@@ -272,6 +314,33 @@ mod tests {
         let e = settle(json!({"cniVersion": "1.0.0", "name": "n", "ipam": {"type": "host-local"}}))
             .unwrap_err();
         assert!(e.details.starts_with("ipam.type"), "{e}");
+        let e = settle(
+            json!({"cniVersion": "1.0.0", "name": "n", "ipam": {}, "capabilities": {"ips": true},
+            "runtimeConfig": {"ips": ["10.0.0.999/24"]}}),
+        )
+        .unwrap_err();
+        assert!(e.details.starts_with("runtimeConfig.ips[0]"), "{e}");
+    }
+
+    #[test]
+    fn requested_addresses_follow_capabilities_then_args() {
+        let s = settle(
+            json!({"cniVersion": "1.0.0", "name": "n", "ipam": {}, "capabilities": {"ips": true},
+            "runtimeConfig": {"ips": ["10.0.0.7/24"]}, "args": {"cni": {"ips": ["10.0.0.8"]}}}),
+        )
+        .unwrap();
+        assert_eq!(
+            s.requested,
+            vec!["10.0.0.7".parse::<std::net::IpAddr>().unwrap()]
+        );
+        // Without the capability, runtimeConfig ips are not the runtime's: args win.
+        let s = settle(json!({"cniVersion": "1.0.0", "name": "n", "ipam": {},
+            "runtimeConfig": {"ips": ["10.0.0.7/24"]}, "args": {"cni": {"ips": ["10.0.0.8"]}}}))
+        .unwrap();
+        assert_eq!(
+            s.requested,
+            vec!["10.0.0.8".parse::<std::net::IpAddr>().unwrap()]
+        );
     }
 
     #[test]

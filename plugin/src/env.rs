@@ -33,6 +33,8 @@ impl Command {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CniArgs {
     pub pod: PodRef,
+    /// `IP=` (deprecated in favour of runtimeConfig `ips`; CRI-O still sends it).
+    pub ips: Vec<std::net::IpAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -88,6 +90,14 @@ pub fn parse_args(raw: &str) -> Result<CniArgs, PluginError> {
             "K8S_POD_NAMESPACE" => args.pod.namespace = checked()?,
             "K8S_POD_NAME" => args.pod.name = checked()?,
             "K8S_POD_UID" => args.pod.uid = checked()?,
+            "IP" => {
+                for ip in value.split(',').map(str::trim).filter(|v| !v.is_empty()) {
+                    let addr = ip.split('/').next().unwrap_or(ip);
+                    args.ips.push(addr.parse().map_err(|_| {
+                        PluginError::env("CNI_ARGS", format!("IP={ip} is not an IP address"))
+                    })?);
+                }
+            }
             _ => {}
         }
     }
@@ -216,5 +226,11 @@ mod tests {
         assert_eq!(a.pod.namespace.as_deref(), Some("db"));
         assert_eq!(a.pod.name.as_deref(), Some("etcd-0"));
         assert_eq!(a.pod.uid.as_deref(), Some("u-1"));
+        let a = parse_args("IP=10.0.0.5,fd00::5/64").unwrap();
+        assert_eq!(a.ips.len(), 2);
+        assert!(parse_args("IP=10.0.0.500")
+            .unwrap_err()
+            .details
+            .contains("IP=10.0.0.500"));
     }
 }

@@ -181,6 +181,8 @@ impl DefaultSubnet {
                 exclude: vec![],
                 routes: vec![],
                 dns: Dns::default(),
+                tenancy: Default::default(),
+                sticky: None,
             }),
         }
     }

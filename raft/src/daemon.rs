@@ -134,6 +134,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     .await?;
 
     let server = ApiServer::bind(&args.socket).await?;
+    let expiring = tokio::spawn(crate::expiry::run(node.clone(), stop_rx.clone()));
     let serving = tokio::spawn(server.serve(node.clone(), stop_rx));
     tracing::info!(
         node_id = node.id,
@@ -150,6 +151,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let _ = stop_tx.send(true);
     let _ = serving.await;
+    let _ = expiring.await;
     if let Some(peer_serving) = peer_serving {
         let _ = peer_serving.await;
     }

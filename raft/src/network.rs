@@ -19,6 +19,9 @@ use crate::peer::conn::{ConnError, PeerConn};
 use crate::peer::wire::{PeerRequest, PeerResponse};
 use crate::peer::ClusterSecret;
 
+/// Longest a new peer connection (TCP and handshake) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
 pub struct PeerNetwork {
     pub secret: Option<ClusterSecret>,
     pub my_id: NodeId,
@@ -80,14 +83,13 @@ impl PeerClient {
         let conn = match &mut self.conn {
             Some(conn) => conn,
             None => {
-                let conn = PeerConn::connect(
-                    &self.addr,
-                    secret,
-                    self.my_id,
-                    timeout.min(Duration::from_secs(1)),
-                )
-                .await
-                .map_err(Failure::Unreachable)?;
+                // Connecting and authenticating get their own time, not the
+                // RPC's (a heartbeat allows 100 ms): a handshake on a loaded
+                // machine can take longer, and giving up on it halfway only
+                // makes the next attempt start over.
+                let conn = PeerConn::connect(&self.addr, secret, self.my_id, CONNECT_TIMEOUT)
+                    .await
+                    .map_err(Failure::Unreachable)?;
                 self.conn.insert(conn)
             }
         };

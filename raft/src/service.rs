@@ -3,7 +3,8 @@
 //! replica.
 
 use ipkeep_api::message::{
-    AddRequest, CheckRequest, DelRequest, GcRequest, IpListRequest, ReadyRequest, Request, Response,
+    AddRequest, AddressHistory, CheckRequest, DelRequest, GcRequest, IpListRequest, ReadyRequest,
+    Request, Response, Timing,
 };
 use ipkeep_api::model::AttachmentKey;
 use ipkeep_api::names::{check_cni_identifier, check_ifname, check_object_name};
@@ -11,7 +12,7 @@ use ipkeep_api::{code, ApiError};
 use ipkeep_store::subnet::settle;
 use ipkeep_store::{Command, Reply};
 
-use crate::node::{now_ms, Node};
+use crate::node::{now_ms, now_us, Node};
 use crate::peer::wire::MembershipChange;
 
 async fn member_add(node: &Node, id: u64, addr: String) -> Result<Response, ApiError> {
@@ -61,14 +62,67 @@ pub async fn handle(node: &Node, request: Request) -> Response {
             // Settled here too, so a bad spec is refused before it reaches the log.
             match settle(&spec) {
                 Err(e) => Err(e),
-                Ok(_) => node
-                    .propose(Command::CreateSubnet { spec })
-                    .await
-                    .and_then(|r| match r {
-                        Reply::SubnetCreated(info) => Ok(Response::Subnet(info)),
-                        other => Err(unexpected(other)),
-                    }),
+                Ok(_) => propose(node, Command::CreateSubnet { spec }).await,
             }
+        }
+        Request::SubnetUpdate { name, update } => {
+            propose(node, Command::UpdateSubnet { name, update }).await
+        }
+        Request::IpHistory { address } => {
+            let m = node.machine.read();
+            Ok(Response::History(AddressHistory {
+                address,
+                current: m.state.ip_entry(address),
+                past: m.state.history_of(address),
+            }))
+        }
+        Request::IpReserve { range, note } => {
+            propose(
+                node,
+                Command::Reserve {
+                    range,
+                    note,
+                    at_ms: 0,
+                },
+            )
+            .await
+        }
+        Request::IpUnreserve { range } => propose(node, Command::Unreserve { range }).await,
+        Request::IpReservations => Ok(Response::Reservations(
+            node.machine.read().state.reservations().cloned().collect(),
+        )),
+        Request::PoolCreate(request) => propose(node, Command::CreatePool { request }).await,
+        Request::PoolList => {
+            let m = node.machine.read();
+            Ok(Response::Pools(
+                m.state
+                    .pools()
+                    .filter_map(|p| m.state.pool_info(p.name()))
+                    .collect(),
+            ))
+        }
+        Request::PoolShow { name } => node
+            .machine
+            .read()
+            .state
+            .pool_info(&name)
+            .map(Response::Pool)
+            .ok_or_else(|| ApiError::not_found(format!("no pool named {name}"))),
+        Request::PoolDelete { name } => propose(node, Command::DeletePool { name }).await,
+        Request::PoolResize { name, addresses } => {
+            propose(node, Command::ResizePool { name, addresses }).await
+        }
+        Request::BindingList { namespace } => Ok(Response::Bindings(
+            node.machine
+                .read()
+                .state
+                .bindings()
+                .filter(|b| namespace.as_ref().is_none_or(|ns| *ns == b.namespace))
+                .cloned()
+                .collect(),
+        )),
+        Request::BindingRelease { namespace, name } => {
+            propose(node, Command::ReleaseBinding { namespace, name }).await
         }
         Request::SubnetList => {
             let m = node.machine.read();
@@ -94,6 +148,16 @@ pub async fn handle(node: &Node, request: Request) -> Response {
         Request::IpList(req) => Ok(ip_list(node, &req)),
     };
     outcome.unwrap_or_else(Response::Error)
+}
+
+/// Commits an admin command and turns its reply into the response.
+async fn propose(node: &Node, command: Command) -> Result<Response, ApiError> {
+    match node.propose(command).await? {
+        Reply::Subnet(info) => Ok(Response::Subnet(info)),
+        Reply::Pool(info) => Ok(Response::Pool(info)),
+        Reply::Done => Ok(Response::Done),
+        other => Err(unexpected(other)),
+    }
 }
 
 fn unexpected(reply: Reply) -> ApiError {
@@ -136,13 +200,42 @@ fn check_subnet_sets(sets: &[Vec<String>]) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// When the caller issued its request: its own stamp if plausible (it runs
+/// on this node, with this clock), else now. Refuses a request whose caller
+/// stopped waiting before this daemon could read it (it sat in the socket
+/// while the daemon was paused or overloaded): starting it now could only
+/// undo what the caller did since.
+fn issued(timing: &Timing) -> Result<u64, ApiError> {
+    let now = now_us();
+    if timing.deadline_us != 0 && now > timing.deadline_us {
+        return Err(ApiError::try_again(format!(
+            "the caller stopped waiting {} ms before ipkeepd read its request",
+            (now - timing.deadline_us) / 1000
+        )));
+    }
+    // A stamp from the future (a broken clock) is not trusted.
+    Ok(match timing.issued_us {
+        0 => now,
+        t if t > now + 1_000_000 => now,
+        t => t,
+    })
+}
+
 async fn add(node: &Node, request: AddRequest) -> Result<Response, ApiError> {
     check_key(&request.key)?;
     check_subnet_sets(&request.subnets)?;
+    if request.requested.len() > 2 {
+        return Err(invalid_config(format!(
+            "ips: {} addresses asked for; at most one per IP family",
+            request.requested.len()
+        )));
+    }
+    let issued_us = issued(&request.timing)?;
     let command = Command::Add {
         request,
         node: node.name.clone(),
         at_ms: now_ms(),
+        issued_us,
     };
     match node.propose(command).await? {
         Reply::Added(result) => Ok(Response::Added(result)),
@@ -152,7 +245,12 @@ async fn add(node: &Node, request: AddRequest) -> Result<Response, ApiError> {
 
 async fn del(node: &Node, request: DelRequest) -> Result<Response, ApiError> {
     check_key(&request.key)?;
-    match node.propose(Command::Del { key: request.key }).await? {
+    let command = Command::Del {
+        key: request.key,
+        at_ms: 0,
+        issued_us: issued(&request.timing)?,
+    };
+    match node.propose(command).await? {
         Reply::Deleted(result) => Ok(Response::Deleted(result)),
         other => Err(unexpected(other)),
     }
@@ -170,6 +268,8 @@ async fn gc(node: &Node, request: GcRequest) -> Result<Response, ApiError> {
         network: request.network,
         node: node.name.clone(),
         valid: request.valid,
+        at_ms: 0,
+        issued_us: issued(&request.timing)?,
     };
     match node.propose(command).await? {
         Reply::Collected(result) => Ok(Response::Collected(result)),

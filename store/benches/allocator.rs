@@ -18,9 +18,12 @@ fn add(i: usize) -> Command {
             netns: String::new(),
             subnets: vec![vec!["s".into()]],
             pod: PodRef::default(),
+            requested: vec![],
+            timing: Default::default(),
         },
         node: "n".into(),
         at_ms: 0,
+        issued_us: 0,
     }
 }
 
@@ -31,6 +34,8 @@ fn del(i: usize) -> Command {
             container_id: format!("c{i}"),
             ifname: "eth0".into(),
         },
+        at_ms: 0,
+        issued_us: 0,
     }
 }
 
@@ -58,6 +63,8 @@ fn main() {
                     exclude: vec![],
                     routes: vec![],
                     dns: Dns::default(),
+                    tenancy: Default::default(),
+                    sticky: None,
                 },
             },
             &mut journal,

@@ -1,13 +1,13 @@
 //! What goes through the Raft log, and what applying it answers.
 
-use ipkeep_api::message::{AddRequest, AddResult, DelResult, GcResult};
-use ipkeep_api::model::{AttachmentKey, SubnetInfo, SubnetSpec};
+use ipkeep_api::message::{AddRequest, AddResult, DelResult, GcResult, PoolRequest};
+use ipkeep_api::model::{AttachmentKey, IpRange, PoolInfo, SubnetInfo, SubnetSpec, SubnetUpdate};
 use ipkeep_api::ApiError;
 use serde::{Deserialize, Serialize};
 
 /// A decision to be made by every replica alike. Whatever a decision needs
 /// from outside the state (the time, the node that asked) is in the command,
-/// stamped by the daemon that proposes it: applying reads no clock, no
+/// stamped by the node that hands it to Raft: applying reads no clock, no
 /// randomness and does no I/O.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
@@ -15,17 +15,26 @@ pub enum Command {
         request: AddRequest,
         /// The node whose daemon received the ADD.
         node: String,
-        /// Milliseconds since the Unix epoch, when the ADD was proposed.
+        /// Milliseconds since the Unix epoch, stamped by the leader.
         at_ms: u64,
+        /// Microseconds since the Unix epoch when the receiving daemon got
+        /// the request: an ADD issued before a DEL of the same attachment is
+        /// stale (its caller gave up on it) and must not commit after it.
+        issued_us: u64,
     },
     Del {
         key: AttachmentKey,
+        at_ms: u64,
+        /// When the receiving daemon got the DEL (see `Add::issued_us`).
+        issued_us: u64,
     },
     /// Release `node`'s attachments of `network` that are not in `valid`.
     Gc {
         network: String,
         node: String,
         valid: Vec<(String, String)>,
+        at_ms: u64,
+        issued_us: u64,
     },
     CreateSubnet {
         spec: SubnetSpec,
@@ -33,14 +42,49 @@ pub enum Command {
     DeleteSubnet {
         name: String,
     },
+    UpdateSubnet {
+        name: String,
+        update: SubnetUpdate,
+    },
+    CreatePool {
+        request: PoolRequest,
+    },
+    DeletePool {
+        name: String,
+    },
+    ResizePool {
+        name: String,
+        addresses: Vec<IpRange>,
+    },
+    Reserve {
+        range: IpRange,
+        note: String,
+        at_ms: u64,
+    },
+    Unreserve {
+        range: IpRange,
+    },
+    ReleaseBinding {
+        namespace: String,
+        name: String,
+    },
+    /// Frees the idle bindings whose TTL has passed at `at_ms`.
+    ExpireBindings {
+        at_ms: u64,
+    },
 }
 
 impl Command {
-    /// Sets the time of an ADD to `now_ms`. The node that hands the command to
-    /// Raft (the leader) calls this, so that one clock stamps every decision.
+    /// Sets the command's time to `now_ms`. The node that hands the command
+    /// to Raft (the leader) calls this, so that one clock stamps decisions.
     pub fn stamped(mut self, now_ms: u64) -> Command {
-        if let Command::Add { at_ms, .. } = &mut self {
-            *at_ms = now_ms;
+        match &mut self {
+            Command::Add { at_ms, .. }
+            | Command::Del { at_ms, .. }
+            | Command::Gc { at_ms, .. }
+            | Command::Reserve { at_ms, .. }
+            | Command::ExpireBindings { at_ms } => *at_ms = now_ms,
+            _ => {}
         }
         self
     }
@@ -52,10 +96,12 @@ pub enum Reply {
     Added(AddResult),
     Deleted(DelResult),
     Collected(GcResult),
-    SubnetCreated(SubnetInfo),
-    SubnetDeleted,
+    Subnet(SubnetInfo),
+    Pool(PoolInfo),
+    /// The pod names whose bindings were freed.
+    Expired(Vec<(String, String)>),
     /// The command was refused; nothing changed.
     Failed(ApiError),
-    /// A blank or membership entry.
+    /// Done; nothing more to say (also blank and membership entries).
     Done,
 }

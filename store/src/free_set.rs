@@ -123,6 +123,50 @@ impl FreeSet {
         true
     }
 
+    /// Puts every address of `[start, end]` back; returns how many were not
+    /// free before.
+    pub fn insert_range(&mut self, start: u128, end: u128) -> u128 {
+        if start > end {
+            return 0;
+        }
+        // Take out what is already free in the range, then insert the range
+        // whole, merged with any neighbour that touches it.
+        let already = self.remove_range(start, end);
+        let mut lo = start;
+        let mut hi = end;
+        if let Some((prev_start, _)) = start.checked_sub(1).and_then(|p| self.interval_of(p)) {
+            self.ranges.remove(&prev_start);
+            lo = prev_start;
+        }
+        if let Some(next) = end.checked_add(1) {
+            if let Some(next_end) = self.ranges.remove(&next) {
+                hi = next_end;
+            }
+        }
+        self.ranges.insert(lo, hi);
+        let added = end - start + 1;
+        self.count += added;
+        added - already
+    }
+
+    /// The free intervals, lowest first.
+    pub fn iter(&self) -> impl Iterator<Item = (u128, u128)> + '_ {
+        self.ranges.iter().map(|(&s, &e)| (s, e))
+    }
+
+    /// How many addresses of `[start, end]` are free.
+    pub fn count_in(&self, start: u128, end: u128) -> u128 {
+        if start > end {
+            return 0;
+        }
+        let mut n = 0;
+        let first = self.interval_of(start).map(|(s, _)| s).unwrap_or(start);
+        for (&s, &e) in self.ranges.range(first..=end) {
+            n += e.min(end) - s.max(start) + 1;
+        }
+        n
+    }
+
     /// Number of intervals (for tests and memory accounting).
     pub fn intervals(&self) -> usize {
         self.ranges.len()
@@ -191,6 +235,25 @@ mod tests {
         assert!(set.take(u128::MAX));
         assert!(set.put(u128::MAX));
         assert_eq!(set.len(), 3);
+    }
+
+    #[test]
+    fn insert_range_merges_and_counts() {
+        let mut set = FreeSet::with_range(0, 9);
+        set.remove_range(2, 7);
+        assert_eq!(set.insert_range(4, 5), 2);
+        assert_eq!(set.len(), 6);
+        assert_eq!(
+            set.insert_range(0, 9),
+            4,
+            "only the missing addresses count"
+        );
+        assert_eq!(set.intervals(), 1);
+        assert_eq!(set.len(), 10);
+        assert_eq!(set.count_in(3, 20), 7);
+        set.remove_range(5, 5);
+        assert_eq!(set.count_in(3, 7), 4);
+        assert_eq!(set.iter().collect::<Vec<_>>(), vec![(0, 4), (6, 9)]);
     }
 
     /// Checks the set against a plain model under a long random sequence.

@@ -7,7 +7,9 @@
 
 pub mod command;
 pub mod free_set;
+pub mod history;
 pub mod machine;
+pub mod pool;
 pub mod records;
 pub mod state;
 pub mod storage;

@@ -5,7 +5,9 @@
 use std::net::IpAddr;
 
 use ipkeep_api::codec;
-use ipkeep_api::model::{Allocation, AttachmentKey, Subnet};
+use ipkeep_api::model::{
+    Allocation, AttachmentKey, Binding, HistoryEntry, Pool, Reservation, Subnet,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -17,7 +19,13 @@ const MAX_RECORD: u64 = 1 << 20;
 
 const SUBNET: u8 = b's';
 const CURSOR: u8 = b'c';
+const POOL: u8 = b'p';
+const POOL_CURSOR: u8 = b'k';
+const RESERVATION: u8 = b'r';
+const BINDING: u8 = b'b';
 const ALLOCATION: u8 = b'a';
+const HISTORY: u8 = b'h';
+const TOMBSTONE: u8 = b't';
 /// Keys of this kind belong to the storage layer (last applied, membership).
 pub const META: u8 = b'm';
 
@@ -29,7 +37,25 @@ pub enum Record {
         subnet: String,
         at: IpAddr,
     },
+    Pool(Pool),
+    /// A pool's round-robin cursor.
+    PoolCursor {
+        pool: String,
+        at: IpAddr,
+    },
+    Reservation(Reservation),
+    Binding(Binding),
     Allocation(Allocation),
+    /// A past holder of an address, by sequence number.
+    History {
+        seq: u64,
+        entry: HistoryEntry,
+    },
+    /// A recent DEL of an attachment, and when it was issued.
+    Tombstone {
+        key: AttachmentKey,
+        issued_us: u64,
+    },
 }
 
 /// One write to the state store, produced while applying a command.
@@ -81,6 +107,36 @@ pub fn allocation_key(key: &AttachmentKey) -> Vec<u8> {
     prefixed(ALLOCATION, &[&key.network, &key.container_id, &key.ifname])
 }
 
+pub fn pool_key(name: &str) -> Vec<u8> {
+    prefixed(POOL, &[name])
+}
+
+pub fn pool_cursor_key(name: &str) -> Vec<u8> {
+    prefixed(POOL_CURSOR, &[name])
+}
+
+pub fn binding_key(namespace: &str, name: &str) -> Vec<u8> {
+    prefixed(BINDING, &[namespace, name])
+}
+
+/// Reservations are keyed by their first address (family, then the address
+/// as a big-endian u128, so that keys sort by address).
+pub fn reservation_key(start: IpAddr) -> Vec<u8> {
+    let mut key = vec![RESERVATION, b'/', if start.is_ipv4() { 4 } else { 6 }];
+    key.extend_from_slice(&crate::subnet::addr_to_u128(start).to_be_bytes());
+    key
+}
+
+pub fn tombstone_key(key: &AttachmentKey) -> Vec<u8> {
+    prefixed(TOMBSTONE, &[&key.network, &key.container_id, &key.ifname])
+}
+
+pub fn history_key(seq: u64) -> Vec<u8> {
+    let mut key = vec![HISTORY, b'/'];
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
 pub fn encode_value<T: Serialize>(value: &T) -> Vec<u8> {
     let mut bytes = vec![RECORD_VERSION];
     // Encoding our own in-memory values cannot fail (no maps with non-string
@@ -112,7 +168,13 @@ impl Record {
         match self {
             Record::Subnet(s) => subnet_key(&s.name),
             Record::Cursor { subnet, .. } => cursor_key(subnet),
+            Record::Pool(p) => pool_key(&p.name),
+            Record::PoolCursor { pool, .. } => pool_cursor_key(pool),
+            Record::Reservation(r) => reservation_key(r.range.start),
+            Record::Binding(b) => binding_key(&b.namespace, &b.name),
             Record::Allocation(a) => allocation_key(&a.key),
+            Record::History { seq, .. } => history_key(*seq),
+            Record::Tombstone { key, .. } => tombstone_key(key),
         }
     }
 
@@ -120,7 +182,13 @@ impl Record {
         match self {
             Record::Subnet(s) => encode_value(s),
             Record::Cursor { at, .. } => encode_value(at),
+            Record::Pool(p) => encode_value(p),
+            Record::PoolCursor { at, .. } => encode_value(at),
+            Record::Reservation(r) => encode_value(r),
+            Record::Binding(b) => encode_value(b),
             Record::Allocation(a) => encode_value(a),
+            Record::History { entry, .. } => encode_value(entry),
+            Record::Tombstone { key, issued_us } => encode_value(&(key, issued_us)),
         }
     }
 
@@ -139,7 +207,32 @@ impl Record {
                 subnet: name(),
                 at: decode_value(key, value)?,
             },
+            Some(&POOL) => Record::Pool(decode_value(key, value)?),
+            Some(&POOL_CURSOR) => Record::PoolCursor {
+                pool: name(),
+                at: decode_value(key, value)?,
+            },
+            Some(&RESERVATION) => Record::Reservation(decode_value(key, value)?),
+            Some(&BINDING) => Record::Binding(decode_value(key, value)?),
             Some(&ALLOCATION) => Record::Allocation(decode_value(key, value)?),
+            Some(&HISTORY) => {
+                let seq = key
+                    .get(2..10)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes)
+                    .ok_or_else(|| RecordError::Inconsistent {
+                        key: show(),
+                        reason: "history key without a sequence number".into(),
+                    })?;
+                Record::History {
+                    seq,
+                    entry: decode_value(key, value)?,
+                }
+            }
+            Some(&TOMBSTONE) => {
+                let (key, issued_us): (AttachmentKey, u64) = decode_value(key, value)?;
+                Record::Tombstone { key, issued_us }
+            }
             _ => return Err(RecordError::UnknownKind { key: show() }),
         };
         if record.key() != key {

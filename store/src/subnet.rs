@@ -3,7 +3,9 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipkeep_api::model::{GatewaySpec, IpRange, Route, Subnet, SubnetSpec, SubnetUsage};
+use ipkeep_api::model::{
+    Dns, GatewaySpec, IpRange, Route, Sticky, Subnet, SubnetSpec, SubnetUsage, Tenancy,
+};
 use ipkeep_api::names::check_object_name;
 use ipkeep_api::ApiError;
 use ipnet::IpNet;
@@ -54,6 +56,70 @@ fn check_dns_name(field: &str, value: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+pub fn check_dns(dns: &Dns) -> Result<(), ApiError> {
+    if let Some(domain) = &dns.domain {
+        check_dns_name("dns.domain", domain)?;
+    }
+    for search in &dns.search {
+        check_dns_name("dns.search", search)?;
+    }
+    for option in &dns.options {
+        check_dns_name("dns.options", option)?;
+    }
+    Ok(())
+}
+
+pub fn check_namespace(field: &str, ns: &str) -> Result<(), ApiError> {
+    check_object_name(ns).map_err(|r| ApiError::invalid(field, format!("namespace {r}")))
+}
+
+pub fn check_tenancy(t: &Tenancy) -> Result<(), ApiError> {
+    for ns in &t.namespaces {
+        check_namespace("namespaces", ns)?;
+    }
+    for ns in t.quotas.keys() {
+        check_namespace("quotas", ns)?;
+    }
+    Ok(())
+}
+
+pub fn check_sticky(field: &str, sticky: Option<Sticky>) -> Result<(), ApiError> {
+    if let Some(Sticky {
+        idle_ttl_ms: Some(0),
+    }) = sticky
+    {
+        return Err(ApiError::invalid(
+            field,
+            "the idle TTL must be above 0 (leave it out to keep bindings until released)",
+        ));
+    }
+    Ok(())
+}
+
+pub fn check_routes(cidr: &IpNet, routes: &[Route]) -> Result<(), ApiError> {
+    let v4 = cidr.addr().is_ipv4();
+    for route in routes {
+        if route.dst.addr().is_ipv4() != v4 {
+            return Err(ApiError::invalid(
+                "routes",
+                format!("{} is not of the same IP family as {cidr}", route.dst),
+            ));
+        }
+        if let Some(gw) = route.gw {
+            if gw.is_ipv4() != v4 {
+                return Err(ApiError::invalid(
+                    "routes",
+                    format!(
+                        "next hop {gw} of {} is not of the same IP family as {cidr}",
+                        route.dst
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Checks a spec and settles its gateway. Pure: the daemon calls it before
 /// proposing (for a quick, clear error) and the state machine calls it again
 /// when applying, with the same result on every replica.
@@ -97,35 +163,10 @@ pub fn settle(spec: &SubnetSpec) -> Result<Subnet, ApiError> {
         }
     }
 
-    for route in &spec.routes {
-        if route.dst.addr().is_ipv4() != v4 {
-            return Err(ApiError::invalid(
-                "routes",
-                format!("{} is not of the same IP family as {cidr}", route.dst),
-            ));
-        }
-        if let Some(gw) = route.gw {
-            if !same_family(gw) {
-                return Err(ApiError::invalid(
-                    "routes",
-                    format!(
-                        "next hop {gw} of {} is not of the same IP family as {cidr}",
-                        route.dst
-                    ),
-                ));
-            }
-        }
-    }
-
-    if let Some(domain) = &spec.dns.domain {
-        check_dns_name("dns.domain", domain)?;
-    }
-    for search in &spec.dns.search {
-        check_dns_name("dns.search", search)?;
-    }
-    for option in &spec.dns.options {
-        check_dns_name("dns.options", option)?;
-    }
+    check_routes(&cidr, &spec.routes)?;
+    check_dns(&spec.dns)?;
+    check_tenancy(&spec.tenancy)?;
+    check_sticky("sticky", spec.sticky)?;
 
     let subnet = Subnet {
         name: spec.name.clone(),
@@ -141,6 +182,8 @@ pub fn settle(spec: &SubnetSpec) -> Result<Subnet, ApiError> {
             })
             .collect(),
         dns: spec.dns.clone(),
+        tenancy: spec.tenancy.clone(),
+        sticky: spec.sticky,
     };
     if SubnetState::new(subnet.clone()).usage().assignable == 0 {
         return Err(ApiError::invalid(
@@ -153,14 +196,19 @@ pub fn settle(spec: &SubnetSpec) -> Result<Subnet, ApiError> {
     Ok(subnet)
 }
 
-/// A subnet and the state of its addresses.
+/// A subnet and the state of its addresses. The free list holds only the
+/// addresses anyone may get: not held, not bound to a pod name, not in a
+/// pool, not reserved. The state keeps the counters up to date.
 #[derive(Debug, Clone)]
 pub struct SubnetState {
     pub subnet: Subnet,
     free: FreeSet,
     assignable: u128,
-    held: u64,
     cursor: Option<u128>,
+    pub(crate) held: u64,
+    pub(crate) reserved: u128,
+    pub(crate) pooled: u128,
+    pub(crate) bound_idle: u64,
 }
 
 impl SubnetState {
@@ -168,21 +216,19 @@ impl SubnetState {
     /// the excluded ranges.
     pub fn new(subnet: Subnet) -> SubnetState {
         let (first, last) = host_bounds(&subnet.cidr);
-        let mut free = FreeSet::with_range(first, last);
-        if let Some(gw) = subnet.gateway {
-            free.take(addr_to_u128(gw));
-        }
-        for IpRange { start, end } in &subnet.exclude {
-            free.remove_range(addr_to_u128(*start), addr_to_u128(*end));
-        }
-        let assignable = free.len();
-        SubnetState {
+        let mut state = SubnetState {
             subnet,
-            free,
-            assignable,
-            held: 0,
+            free: FreeSet::default(),
+            assignable: 0,
             cursor: None,
-        }
+            held: 0,
+            reserved: 0,
+            pooled: 0,
+            bound_idle: 0,
+        };
+        state.free = state.assignable_in(&[(first, last)]);
+        state.assignable = state.free.len();
+        state
     }
 
     fn is_v4(&self) -> bool {
@@ -193,37 +239,29 @@ impl SubnetState {
         &self.subnet.name
     }
 
-    pub fn is_free(&self, addr: IpAddr) -> bool {
-        addr.is_ipv4() == self.is_v4() && self.free.contains(addr_to_u128(addr))
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        self.subnet.cidr.contains(&addr)
     }
 
-    /// The address the next ADD would get, without taking it.
-    pub fn peek_next(&self) -> Option<IpAddr> {
-        self.free
-            .next_after(self.cursor)
-            .map(|v| u128_to_addr(v, self.is_v4()))
-    }
-
-    /// Takes a free address for an allocation and moves the cursor to it.
-    pub fn take(&mut self, addr: IpAddr) -> bool {
-        if !self.mark_held(addr) {
-            return false;
+    /// The assignable addresses within some ranges (clipped to the host
+    /// addresses, without the gateway and the excluded ranges).
+    pub fn assignable_in(&self, ranges: &[(u128, u128)]) -> FreeSet {
+        let (first, last) = host_bounds(&self.subnet.cidr);
+        let mut set = FreeSet::default();
+        for &(start, end) in ranges {
+            set.insert_range(start.max(first), end.min(last));
         }
-        self.cursor = Some(addr_to_u128(addr));
-        true
-    }
-
-    /// Marks an address held without moving the cursor (rebuilding from records).
-    pub fn mark_held(&mut self, addr: IpAddr) -> bool {
-        if addr.is_ipv4() != self.is_v4() || !self.free.take(addr_to_u128(addr)) {
-            return false;
+        if let Some(gw) = self.subnet.gateway {
+            set.take(addr_to_u128(gw));
         }
-        self.held += 1;
-        true
+        for IpRange { start, end } in &self.subnet.exclude {
+            set.remove_range(addr_to_u128(*start), addr_to_u128(*end));
+        }
+        set
     }
 
     /// Whether the subnet may hand out this address at all (a host address,
-    /// not the gateway, not excluded), held or not.
+    /// not the gateway, not excluded), whatever its state.
     pub fn is_assignable(&self, addr: IpAddr) -> bool {
         let (first, last) = host_bounds(&self.subnet.cidr);
         let v = addr_to_u128(addr);
@@ -234,16 +272,48 @@ impl SubnetState {
             && !self.subnet.exclude.iter().any(|r| r.contains(addr))
     }
 
-    /// Gives an address back; false if it was not held.
-    pub fn release(&mut self, addr: IpAddr) -> bool {
-        if !self.is_assignable(addr) {
+    pub fn is_free(&self, addr: IpAddr) -> bool {
+        addr.is_ipv4() == self.is_v4() && self.free.contains(addr_to_u128(addr))
+    }
+
+    /// The address the next ADD would get from the free list, without taking it.
+    pub fn peek_next(&self) -> Option<IpAddr> {
+        self.free
+            .next_after(self.cursor)
+            .map(|v| u128_to_addr(v, self.is_v4()))
+    }
+
+    /// Takes a free address; moves the cursor to it when it was chosen as the
+    /// next free one (an address asked for explicitly leaves the cursor).
+    pub fn take_free(&mut self, addr: IpAddr, move_cursor: bool) -> bool {
+        if addr.is_ipv4() != self.is_v4() || !self.free.take(addr_to_u128(addr)) {
             return false;
         }
-        if !self.free.put(addr_to_u128(addr)) {
-            return false;
+        if move_cursor {
+            self.cursor = Some(addr_to_u128(addr));
         }
-        self.held -= 1;
         true
+    }
+
+    /// Gives an assignable address back to the free list; false if it was free.
+    pub fn put_free(&mut self, addr: IpAddr) -> bool {
+        self.is_assignable(addr) && self.free.put(addr_to_u128(addr))
+    }
+
+    /// Takes every free address of a range off the free list; returns how many.
+    pub fn take_range(&mut self, start: IpAddr, end: IpAddr) -> u128 {
+        self.free
+            .remove_range(addr_to_u128(start), addr_to_u128(end))
+    }
+
+    /// Gives a set of addresses back to the free list; returns how many.
+    pub fn put_set(&mut self, set: &FreeSet) -> u128 {
+        set.iter().map(|(s, e)| self.free.insert_range(s, e)).sum()
+    }
+
+    /// How many addresses of a range are on the free list.
+    pub fn free_in(&self, start: IpAddr, end: IpAddr) -> u128 {
+        self.free.count_in(addr_to_u128(start), addr_to_u128(end))
     }
 
     pub fn cursor(&self) -> Option<IpAddr> {
@@ -259,6 +329,9 @@ impl SubnetState {
             assignable: self.assignable,
             held: self.held,
             free: self.free.len(),
+            reserved: self.reserved,
+            pooled: self.pooled,
+            bound_idle: self.bound_idle,
         }
     }
 }
@@ -276,6 +349,8 @@ mod tests {
             exclude: vec![],
             routes: vec![],
             dns: Dns::default(),
+            tenancy: Default::default(),
+            sticky: None,
         }
     }
 
@@ -325,20 +400,28 @@ mod tests {
     }
 
     #[test]
-    fn take_and_release_keep_counts() {
+    fn take_and_put_keep_the_free_list() {
         let mut st = SubnetState::new(settle(&spec("10.0.0.0/29")).unwrap());
         let a = st.peek_next().unwrap();
-        assert!(st.take(a));
-        assert!(!st.take(a));
-        assert_eq!(st.usage().held, 1);
+        assert!(st.take_free(a, true));
+        assert!(!st.take_free(a, true));
         assert_eq!(st.peek_next(), Some("10.0.0.3".parse().unwrap()));
-        assert!(st.release(a));
-        assert!(!st.release(a));
+        assert!(st.put_free(a));
+        assert!(!st.put_free(a));
         assert!(
-            !st.release("10.0.0.1".parse().unwrap()),
+            !st.put_free("10.0.0.1".parse().unwrap()),
             "the gateway is never free"
         );
-        assert_eq!(st.usage().held, 0);
         assert_eq!(st.usage().free, st.usage().assignable);
+    }
+
+    #[test]
+    fn assignable_in_leaves_out_gateway_and_exclusions() {
+        let mut s = spec("10.0.0.0/24");
+        s.exclude = vec!["10.0.0.5-10.0.0.6".parse().unwrap()];
+        let st = SubnetState::new(settle(&s).unwrap());
+        let a = |x: &str| addr_to_u128(x.parse().unwrap());
+        let set = st.assignable_in(&[(a("10.0.0.0"), a("10.0.0.9"))]);
+        assert_eq!(set.len(), 6); // .2 .3 .4 .7 .8 .9: .0 is the network, .1 the gateway
     }
 }

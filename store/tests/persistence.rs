@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{add, key, subnet};
+use common::{add, del, subnet};
 use ipkeep_store::storage::{self, OpenError, StateMachineStore, StorageOptions};
 use ipkeep_store::types::{Entry, LogId};
 use ipkeep_store::{Command, Reply};
@@ -35,9 +35,7 @@ fn workload(n: usize) -> Vec<Command> {
         v.push(add(&format!("c{i}"), &[&["a"]]));
     }
     for i in (0..n).step_by(3) {
-        v.push(Command::Del {
-            key: key(&format!("c{i}")),
-        });
+        v.push(del(&format!("c{i}")));
     }
     v
 }

@@ -5,7 +5,7 @@ mod common;
 use std::collections::HashSet;
 use std::net::IpAddr;
 
-use common::{add, add_on, key, subnet};
+use common::{add, add_on, del, key, subnet};
 use ipkeep_api::code;
 use ipkeep_api::message::{AddResult, IpListRequest};
 use ipkeep_store::records::Change;
@@ -40,7 +40,7 @@ fn with_subnets(specs: &[(&str, &str)]) -> State {
                 spec: subnet(name, cidr),
             },
         );
-        assert!(matches!(reply, Reply::SubnetCreated(_)), "{reply:?}");
+        assert!(matches!(reply, Reply::Subnet(_)), "{reply:?}");
     }
     state
 }
@@ -54,7 +54,7 @@ fn allocates_distinct_addresses_in_round_robin_order() {
     let second = added(apply(&mut state, add("c2", &[&["a"]])).0);
     assert_eq!(second.ips[0].address.to_string(), "10.1.0.3/24");
     // Releasing .2 does not make it the next address: the cursor moves on.
-    apply(&mut state, Command::Del { key: key("c1") });
+    apply(&mut state, del("c1"));
     let third = added(apply(&mut state, add("c3", &[&["a"]])).0);
     assert_eq!(third.ips[0].address.to_string(), "10.1.0.4/24");
 }
@@ -66,12 +66,16 @@ fn add_is_idempotent_per_attachment_and_del_too() {
     let (again, journal) = apply(&mut state, add("c1", &[&["a"]]));
     assert_eq!(added(again), first);
     assert!(journal.is_empty(), "a retried ADD writes nothing");
-    let (del, journal) = apply(&mut state, Command::Del { key: key("c1") });
-    assert!(matches!(del, Reply::Deleted(ref d) if d.released.len() == 1));
-    assert_eq!(journal.len(), 1);
-    let (del, journal) = apply(&mut state, Command::Del { key: key("c1") });
-    assert!(matches!(del, Reply::Deleted(ref d) if d.released.is_empty()));
-    assert!(journal.is_empty());
+    let (deleted, journal) = apply(&mut state, del("c1"));
+    assert!(matches!(deleted, Reply::Deleted(ref d) if d.released.len() == 1));
+    assert_eq!(
+        journal.len(),
+        3,
+        "the allocation goes; a history entry and a tombstone come"
+    );
+    let (deleted, journal) = apply(&mut state, del("c1"));
+    assert!(matches!(deleted, Reply::Deleted(ref d) if d.released.is_empty()));
+    assert!(journal.is_empty(), "a repeated DEL writes nothing");
 }
 
 #[test]
@@ -92,11 +96,15 @@ fn exhausted_and_unknown_subnets_are_refused_without_changes() {
 }
 
 #[test]
-fn a_set_falls_through_to_the_next_subnet_when_full() {
+fn the_first_listed_subnet_of_a_family_is_used_and_a_full_one_is_an_error() {
+    // "The first subnet the pod's namespace may use is taken": a full one is
+    // an error that says so, never an address from elsewhere.
     let mut state = with_subnets(&[("tiny", "10.2.0.0/30"), ("big", "10.3.0.0/24")]);
-    added(apply(&mut state, add("c1", &[&["tiny", "big"]])).0);
-    let second = added(apply(&mut state, add("c2", &[&["tiny", "big"]])).0);
-    assert_eq!(second.ips[0].subnet, "big");
+    let first = added(apply(&mut state, add("c1", &[&["tiny", "big"]])).0);
+    assert_eq!(first.ips[0].subnet, "tiny");
+    let err = failed(apply(&mut state, add("c2", &[&["tiny", "big"]])).0);
+    assert_eq!(err.code, code::EXHAUSTED);
+    assert!(err.details.contains("tiny"), "{err}");
 }
 
 #[test]
@@ -112,11 +120,11 @@ fn dual_stack_is_all_or_nothing() {
     assert_eq!(failed(reply).code, code::EXHAUSTED);
     assert!(journal.is_empty());
     assert_eq!(state.subnet_info("v6").unwrap().usage.held, v6_before);
-    // Two IPv4 subnets are not dual stack.
+    // Two IPv4 subnets are alternatives for one IPv4 address, not two addresses.
     let mut state = with_subnets(&[("a", "10.5.0.0/24"), ("b", "10.6.0.0/24")]);
-    let err = failed(apply(&mut state, add("c1", &[&["a"], &["b"]])).0);
-    assert_eq!(err.code, code::INVALID_CONFIG);
-    assert!(state.allocation(&key("c1")).is_none());
+    let got = added(apply(&mut state, add("c1", &[&["a"], &["b"]])).0);
+    assert_eq!(got.ips.len(), 1);
+    assert_eq!(got.ips[0].subnet, "a");
 }
 
 #[test]
@@ -152,7 +160,7 @@ fn subnets_may_not_overlap_and_delete_names_holders() {
             }
         )
         .0,
-        Reply::SubnetCreated(_)
+        Reply::Subnet(_)
     ));
     added(apply(&mut state, add("c1", &[&["a"]])).0);
     let err = failed(apply(&mut state, Command::DeleteSubnet { name: "a".into() }).0);
@@ -161,10 +169,10 @@ fn subnets_may_not_overlap_and_delete_names_holders() {
         err.details.contains("10.7.0.2") && err.details.contains("c1"),
         "{err}"
     );
-    apply(&mut state, Command::Del { key: key("c1") });
+    apply(&mut state, del("c1"));
     assert!(matches!(
         apply(&mut state, Command::DeleteSubnet { name: "a".into() }).0,
-        Reply::SubnetDeleted
+        Reply::Done
     ));
     assert_eq!(
         failed(apply(&mut state, Command::DeleteSubnet { name: "a".into() }).0).code,
@@ -185,6 +193,8 @@ fn gc_releases_only_this_nodes_unlisted_attachments_of_the_network() {
             network: "net".into(),
             node: "node-a".into(),
             valid: vec![("keep".into(), "eth0".into())],
+            at_ms: 0,
+            issued_us: 0,
         },
     );
     let Reply::Collected(gc) = reply else {
@@ -220,9 +230,7 @@ fn replicas_applying_the_same_commands_agree_exactly() {
         for i in 0..200 {
             v.push(add(&format!("c{i}"), &[&["a"], &["b"]]));
             if i % 3 == 0 {
-                v.push(Command::Del {
-                    key: key(&format!("c{}", i / 2)),
-                });
+                v.push(del(&format!("c{}", i / 2)));
             }
         }
         v
@@ -246,12 +254,7 @@ fn state_rebuilt_from_its_records_makes_the_same_decisions() {
         added(apply(&mut state, add(&format!("c{i}"), &[&["a"]])).0);
     }
     for i in (0..50).step_by(2) {
-        apply(
-            &mut state,
-            Command::Del {
-                key: key(&format!("c{i}")),
-            },
-        );
+        apply(&mut state, del(&format!("c{i}")));
     }
     let mut rebuilt = State::from_records(state.records()).unwrap();
     assert_eq!(rebuilt.subnet_info("a"), state.subnet_info("a"));
@@ -288,12 +291,7 @@ fn a_slash_16_filled_to_99_percent_hands_out_every_remaining_address_once() {
     }
     // Free a scattered 1% so the free set is fragmented, then refill.
     for i in (0..target).step_by(97) {
-        apply(
-            &mut state,
-            Command::Del {
-                key: key(&format!("c{i}")),
-            },
-        );
+        apply(&mut state, del(&format!("c{i}")));
     }
     let mut seen = HashSet::<IpAddr>::new();
     let mut i = 0;
@@ -359,4 +357,50 @@ fn ip_list_pages_and_filters() {
         ..Default::default()
     });
     assert!(page.entries.is_empty());
+}
+
+#[test]
+fn an_add_issued_before_a_del_of_its_attachment_never_lands_after_it() {
+    let mut state = with_subnets(&[("a", "10.15.0.0/24")]);
+    let t = 1_700_000_000_000_000u64;
+    let add_at = |issued_us: u64| Command::Add {
+        request: match add("late", &[&["a"]]) {
+            Command::Add { request, .. } => request,
+            _ => unreachable!(),
+        },
+        node: "n".into(),
+        at_ms: issued_us / 1000,
+        issued_us,
+    };
+    let del_at = |issued_us: u64| Command::Del {
+        key: key("late"),
+        at_ms: issued_us / 1000,
+        issued_us,
+    };
+    // The caller gave up on an ADD issued at t and sent DEL at t+5s; the ADD
+    // reaches the log after the DEL: void, nothing allocated.
+    let (reply, _) = apply(&mut state, del_at(t + 5_000_000));
+    assert!(matches!(reply, Reply::Deleted(_)));
+    let e = failed(apply(&mut state, add_at(t)).0);
+    assert_eq!(e.code, code::TRY_AGAIN);
+    assert!(state.allocation(&key("late")).is_none());
+    // The same attachment added again after its DEL (podman network connect
+    // after disconnect) is a new ADD and gets an address.
+    added(apply(&mut state, add_at(t + 6_000_000)).0);
+    // Tombstones outlive a rebuild, and go once the window has passed.
+    let rebuilt = State::from_records(state.records()).unwrap();
+    assert_eq!(rebuilt.tombstone(&key("late")), Some(t + 5_000_000));
+    apply(
+        &mut state,
+        Command::Del {
+            key: key("other"),
+            at_ms: 0,
+            issued_us: t + 120_000_000,
+        },
+    );
+    assert_eq!(
+        state.tombstone(&key("late")),
+        None,
+        "expired after the window"
+    );
 }

@@ -66,13 +66,28 @@ fn main() -> ExitCode {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(1)
     });
-    let out = args.out.unwrap_or_else(|| {
-        let dir = tempfile::Builder::new()
+    let out = match args.out {
+        // Two runs sharing a directory would start, kill and wipe each
+        // other's nodes: insist on a fresh one.
+        Some(dir)
+            if dir.exists()
+                && std::fs::read_dir(&dir)
+                    .map(|mut d| d.next().is_some())
+                    .unwrap_or(true) =>
+        {
+            eprintln!(
+                "error: --out {} is not an empty directory; give a new one",
+                dir.display()
+            );
+            return ExitCode::from(2);
+        }
+        Some(dir) => dir,
+        None => tempfile::Builder::new()
             .prefix("ipkeep-chaos-")
             .tempdir()
-            .expect("temp dir");
-        dir.keep()
-    });
+            .expect("temp dir")
+            .keep(),
+    };
     println!(
         "ipkeep-chaos: seed {seed} (repeat with --seed {seed}), {} nodes, {} s, output in {}",
         args.nodes,

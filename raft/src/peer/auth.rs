@@ -41,7 +41,7 @@ pub enum AuthError {
     Version(u16),
     #[error("peer does not know the cluster secret")]
     BadProof,
-    #[error("peer hung up during the handshake: most likely it has another cluster secret and could not verify this node")]
+    #[error("peer hung up during the handshake: it gave up waiting, or it has another cluster secret and could not verify this node")]
     HungUp,
     #[error(transparent)]
     Io(#[from] std::io::Error),

@@ -13,6 +13,8 @@ pub fn subnet(name: &str, cidr: &str) -> SubnetSpec {
         exclude: vec![],
         routes: vec![],
         dns: Dns::default(),
+        tenancy: Default::default(),
+        sticky: None,
     }
 }
 
@@ -42,8 +44,19 @@ pub fn add_on(cid: &str, subnets: &[&[&str]], node: &str) -> Command {
                 name: Some(format!("pod-{cid}")),
                 uid: None,
             },
+            requested: vec![],
+            timing: Default::default(),
         },
         node: node.into(),
         at_ms: 1_700_000_000_000,
+        issued_us: 1_700_000_000_000_000,
+    }
+}
+
+pub fn del(cid: &str) -> Command {
+    Command::Del {
+        key: key(cid),
+        at_ms: 1_700_000_100_000,
+        issued_us: 1_700_000_100_000_000,
     }
 }

@@ -1,0 +1,82 @@
+//! `ipkeepctl member ...` and `ipkeepctl status`.
+
+use clap::Subcommand;
+use ipkeep_api::expect_response;
+use ipkeep_api::message::{MemberInfo, NodeStatus, Request, Response};
+
+use crate::session::Session;
+use crate::table::Table;
+
+#[derive(Debug, Subcommand)]
+pub enum MemberCommand {
+    /// List members: id, peer address, voter or learner, leader, replication lag.
+    List,
+    /// Add a node as a learner. Start it first with --join and the cluster secret.
+    Add {
+        id: u64,
+        /// The node's --listen address, IP:PORT.
+        addr: String,
+    },
+    /// Make a learner a voter (a cluster has at most 5 voters).
+    Promote { id: u64 },
+    /// Remove a voter or a learner.
+    Remove { id: u64 },
+}
+
+fn table(members: &[MemberInfo]) -> String {
+    let mut t = Table::new(&["ID", "ADDRESS", "ROLE", "LEADER", "MATCHED", "LAG"]);
+    let opt = |v: Option<u64>| v.map(|i| i.to_string()).unwrap_or_else(|| "-".into());
+    for m in members {
+        t.row(vec![
+            m.id.to_string(),
+            m.addr.clone(),
+            m.role.clone(),
+            if m.leader { "*".into() } else { String::new() },
+            opt(m.matched),
+            opt(m.lag),
+        ]);
+    }
+    t.render()
+}
+
+pub fn run(session: &mut Session, command: MemberCommand) -> anyhow::Result<()> {
+    let response = match command {
+        MemberCommand::List => session.read(Request::MemberList)?,
+        MemberCommand::Add { id, addr } => session.call(&Request::MemberAdd { id, addr })?,
+        MemberCommand::Promote { id } => session.call(&Request::MemberPromote { id })?,
+        MemberCommand::Remove { id } => session.call(&Request::MemberRemove { id })?,
+    };
+    let members = expect_response!(response, Response::Members(m) => m, "Members")?;
+    session.print(&members, || table(&members))
+}
+
+fn status_table(s: &NodeStatus) -> String {
+    let opt = |v: Option<u64>| v.map(|i| i.to_string()).unwrap_or_else(|| "-".into());
+    let ids = |v: &[u64]| {
+        if v.is_empty() {
+            "-".to_owned()
+        } else {
+            v.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
+        }
+    };
+    format!(
+        "node:          {} ({})\nrole:          {}\nleader:        {}\nterm:          {}\nlast log:      {}\napplied:       {}\nsnapshot:      {}\npurged:        {}\nvoters:        {}\nlearners:      {}\n",
+        s.node_id,
+        s.node_name,
+        s.role,
+        opt(s.leader),
+        s.term,
+        opt(s.last_log_index),
+        opt(s.last_applied),
+        opt(s.snapshot_index),
+        opt(s.purged_index),
+        ids(&s.voters),
+        ids(&s.learners),
+    )
+}
+
+pub fn status(session: &mut Session) -> anyhow::Result<()> {
+    let response = session.read(Request::NodeStatus)?;
+    let status = expect_response!(response, Response::NodeStatus(s) => s, "NodeStatus")?;
+    session.print(&status, || status_table(&status))
+}
