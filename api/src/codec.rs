@@ -17,7 +17,7 @@ use serde::Serialize;
 /// Bumped whenever a message changes shape; a daemon and a plugin of different
 /// protocol versions refuse each other with a clear error instead of
 /// misreading each other's bytes.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Largest request frame the daemon accepts (a request is small: a few names).
 pub const MAX_REQUEST_FRAME: u32 = 1 << 20;

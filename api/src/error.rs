@@ -53,6 +53,9 @@ pub mod code {
     pub const QUOTA_EXCEEDED: u32 = 111;
     /// An explicitly requested address cannot be granted; the message says why.
     pub const ADDRESS_UNAVAILABLE: u32 = 112;
+    /// Main-plugin mode: the pod's interface could not be made or is not as
+    /// stored (netlink error, master link missing, interface exists).
+    pub const INTERFACE: u32 = 113;
 }
 
 /// An error as the node API returns it; the plugin prints it as a CNI error object.

@@ -8,12 +8,14 @@
 pub mod client;
 pub mod codec;
 pub mod error;
+pub mod mac;
 pub mod message;
 pub mod model;
 pub mod names;
 
 pub use client::{Client, ClientError};
 pub use error::{code, ApiError};
+pub use mac::Mac;
 pub use message::{Request, Response};
 
 /// Where `ipkeepd` listens and where the plugin and `ipkeepctl` look by default.

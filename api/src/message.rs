@@ -6,6 +6,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
+use crate::mac::Mac;
 use crate::model::{
     AttachmentKey, Binding, Dns, HistoryEntry, IpRange, PodRef, PodSelector, PoolInfo, Reservation,
     Route, Sticky, SubnetInfo, SubnetSpec, SubnetUpdate,
@@ -17,7 +18,8 @@ pub enum Request {
     Add(AddRequest),
     /// CNI DEL: release an attachment's addresses; succeeds when none are held.
     Del(DelRequest),
-    /// CNI CHECK: is the attachment held, with these addresses?
+    /// CNI CHECK: is the attachment held, with these addresses? Answers
+    /// what it holds.
     Check(CheckRequest),
     /// CNI GC: release this node's attachments of a network that are not listed.
     Gc(GcRequest),
@@ -95,7 +97,8 @@ pub enum Request {
 pub enum Response {
     Added(AddResult),
     Deleted(DelResult),
-    Checked,
+    /// What the attachment holds, in the shape of an ADD's answer.
+    Checked(AddResult),
     Collected(GcResult),
     Ready,
     NodeStatus(NodeStatus),
@@ -120,7 +123,7 @@ impl Response {
         match self {
             Response::Added(_) => "Added",
             Response::Deleted(_) => "Deleted",
-            Response::Checked => "Checked",
+            Response::Checked(_) => "Checked",
             Response::Collected(_) => "Collected",
             Response::Ready => "Ready",
             Response::NodeStatus(_) => "NodeStatus",
@@ -152,7 +155,22 @@ pub struct AddRequest {
     /// Addresses asked for explicitly (runtimeConfig `ips`, `args.cni.ips`,
     /// CNI_ARGS `IP=`): granted exactly, or refused with the reason.
     pub requested: Vec<IpAddr>,
+    /// Whether the attachment gets a MAC from ipkeep, and which.
+    pub mac: MacWish,
     pub timing: Timing,
+}
+
+/// What an ADD asks about the pod's MAC.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MacWish {
+    /// IPAM mode: another plugin makes the interface and its MAC.
+    #[default]
+    NotNeeded,
+    /// The pod's sticky MAC if it has one, else the one derived from its
+    /// first address.
+    Any,
+    /// Exactly this one (runtimeConfig `mac`, `MAC=`); kept with a sticky binding.
+    Exactly(Mac),
 }
 
 /// When the caller issued a request and when it stops waiting for it, in
@@ -199,6 +217,10 @@ pub struct AddResult {
     pub ips: Vec<IpAssignment>,
     pub routes: Vec<Route>,
     pub dns: Dns,
+    /// The MAC the pod's interface gets (when the ADD asked for one).
+    pub mac: Option<Mac>,
+    /// The MTU of the first of the attachment's subnets that sets one.
+    pub mtu: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

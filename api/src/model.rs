@@ -9,6 +9,8 @@ use std::str::FromStr;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::mac::Mac;
+
 /// A route handed to pods of a subnet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Route {
@@ -199,6 +201,9 @@ pub struct SubnetSpec {
     pub dns: Dns,
     pub tenancy: Tenancy,
     pub sticky: Option<Sticky>,
+    /// The MTU of pod interfaces that ipkeep creates itself (main-plugin
+    /// mode); None: the link's default, or the network configuration's.
+    pub mtu: Option<u32>,
 }
 
 /// A subnet as the cluster stores it: the spec with its gateway settled.
@@ -212,6 +217,9 @@ pub struct Subnet {
     pub dns: Dns,
     pub tenancy: Tenancy,
     pub sticky: Option<Sticky>,
+    /// The MTU of pod interfaces that ipkeep creates itself (main-plugin
+    /// mode); None: the link's default, or the network configuration's.
+    pub mtu: Option<u32>,
 }
 
 /// Changes to a subnet that leave its addresses where they are. Fields left
@@ -225,6 +233,8 @@ pub struct SubnetUpdate {
     pub sticky: Option<Option<Sticky>>,
     pub routes: Option<Vec<Route>>,
     pub dns: Option<Dns>,
+    /// Some(None) removes the subnet's MTU.
+    pub mtu: Option<Option<u32>>,
 }
 
 /// Which pods a pool's addresses are for.
@@ -373,8 +383,9 @@ pub struct Binding {
     pub namespace: String,
     pub name: String,
     pub addresses: Vec<AllocatedAddress>,
-    /// The MAC kept with the addresses, once the main plugin sets one.
-    pub mac: Option<String>,
+    /// The MAC kept with the addresses (main-plugin mode): the pod comes
+    /// back with it.
+    pub mac: Option<Mac>,
     /// The pool the addresses came from; None: the subnet's own sticky addresses.
     pub pool: Option<String>,
     /// The attachment using the binding now, if the pod is running.
@@ -504,6 +515,8 @@ pub struct Allocation {
     pub node: String,
     /// CNI_NETNS as given on ADD.
     pub netns: String,
+    /// The MAC of the pod's interface, when ipkeep creates it (main-plugin mode).
+    pub mac: Option<Mac>,
     /// Milliseconds since the Unix epoch, stamped by the daemon that proposed the ADD.
     pub since_ms: u64,
 }

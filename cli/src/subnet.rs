@@ -78,6 +78,9 @@ pub struct Settings {
     /// With --sticky: free a name's address after it has been unused this long (e.g. 24h).
     #[arg(long, value_parser = parse::duration, requires = "sticky")]
     sticky_ttl: Option<Duration>,
+    /// MTU of the pod interfaces ipkeep creates (main-plugin mode).
+    #[arg(long)]
+    mtu: Option<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -92,6 +95,9 @@ pub struct Update {
     /// Stop binding new addresses to pod names (existing bindings stay).
     #[arg(long, conflicts_with = "sticky")]
     no_sticky: bool,
+    /// Remove the subnet's MTU.
+    #[arg(long, conflicts_with = "mtu")]
+    no_mtu: bool,
     #[command(flatten)]
     settings: Settings,
 }
@@ -200,6 +206,10 @@ pub fn detail(s: &SubnetInfo) -> String {
     line("quotas:", list(&quotas));
     line("sticky:", sticky);
     line(
+        "mtu:",
+        sub.mtu.map(|m| m.to_string()).unwrap_or_else(|| "-".into()),
+    );
+    line(
         "addresses:",
         format!(
             "{} held, {} free, {} pooled, {} reserved, {} kept for stopped pods, {} assignable",
@@ -235,6 +245,7 @@ pub fn run(session: &mut Session, command: SubnetCommand) -> anyhow::Result<()> 
                     quotas: c.settings.quota.iter().cloned().collect(),
                 },
                 sticky: c.settings.sticky(),
+                mtu: c.settings.mtu,
             };
             session.call(&Request::SubnetCreate(spec))?
         }
@@ -268,6 +279,11 @@ pub fn run(session: &mut Session, command: SubnetCommand) -> anyhow::Result<()> 
                 },
                 routes: (!s.route.is_empty()).then(|| s.route.clone()),
                 dns: s.dns_given().then(|| s.dns()),
+                mtu: if u.no_mtu {
+                    Some(None)
+                } else {
+                    s.mtu.map(Some)
+                },
             };
             session.call(&Request::SubnetUpdate {
                 name: u.name,

@@ -9,6 +9,7 @@ pub mod chaos;
 pub mod checker;
 pub mod cluster;
 pub mod cni;
+pub mod conflist;
 pub mod ctl;
 pub mod daemon;
 pub mod history;

@@ -27,6 +27,7 @@ fn add_request(i: usize) -> Request {
             uid: None,
         },
         requested: vec![],
+        mac: Default::default(),
         timing: Default::default(),
     })
 }

@@ -4,7 +4,8 @@
 use std::net::IpAddr;
 
 use ipkeep_api::message::{
-    AddRequest, CheckRequest, DelRequest, GcRequest, ReadyRequest, Request, Response, Timing,
+    AddRequest, AddResult, CheckRequest, DelRequest, GcRequest, MacWish, ReadyRequest, Request,
+    Response, Timing,
 };
 use ipkeep_api::{code, expect_response, Client, ClientError};
 use ipnet::IpNet;
@@ -14,7 +15,7 @@ use crate::config::{self, Settings};
 use crate::env::{CniEnv, Command};
 use crate::error::PluginError;
 use crate::result::ipam_result;
-use crate::version;
+use crate::{interface, version};
 
 /// What a successful command prints on stdout.
 pub enum Output {
@@ -42,6 +43,17 @@ pub fn run(env: &CniEnv, json: Option<Value>) -> Result<Output, PluginError> {
             )))
         }
     };
+    if let Some(link) = &settings.link {
+        match env.command {
+            Command::Add => return interface::add(env, &settings, link),
+            Command::Del => return interface::del(env, &settings, link),
+            Command::Check => {
+                needs("0.4.0")?;
+                return interface::check(env, &settings, link);
+            }
+            _ => {}
+        }
+    }
     match env.command {
         Command::Add => add(env, &settings),
         Command::Del => del(env, &settings),
@@ -86,7 +98,8 @@ fn api(e: ClientError) -> PluginError {
     e.to_api_error().into()
 }
 
-fn add(env: &CniEnv, settings: &Settings) -> Result<Output, PluginError> {
+/// Asks the daemon for the attachment's addresses (and MAC, when `mac` asks).
+pub fn ask_add(env: &CniEnv, settings: &Settings, mac: MacWish) -> Result<AddResult, PluginError> {
     let request = Request::Add(AddRequest {
         key: env.key(&settings.network),
         netns: env.netns.clone(),
@@ -99,6 +112,7 @@ fn add(env: &CniEnv, settings: &Settings) -> Result<Output, PluginError> {
         } else {
             settings.requested.clone()
         },
+        mac,
         timing: timing(settings),
     });
     let response = call(settings, &request).map_err(api)?;
@@ -106,10 +120,16 @@ fn add(env: &CniEnv, settings: &Settings) -> Result<Output, PluginError> {
     for ip in &result.ips {
         tracing::info!(address = %ip.address, subnet = %ip.subnet, "allocated");
     }
+    Ok(result)
+}
+
+fn add(env: &CniEnv, settings: &Settings) -> Result<Output, PluginError> {
+    let result = ask_add(env, settings, MacWish::NotNeeded)?;
     Ok(Output::Json(ipam_result(&settings.cni_version, &result)))
 }
 
-fn del(env: &CniEnv, settings: &Settings) -> Result<Output, PluginError> {
+/// Asks the daemon to release the attachment's addresses.
+pub fn ask_del(env: &CniEnv, settings: &Settings) -> Result<(), PluginError> {
     let request = Request::Del(DelRequest {
         key: env.key(&settings.network),
         timing: timing(settings),
@@ -117,6 +137,11 @@ fn del(env: &CniEnv, settings: &Settings) -> Result<Output, PluginError> {
     let response = call(settings, &request).map_err(api)?;
     let result = expect_response!(response, Response::Deleted(r) => r, "Deleted").map_err(api)?;
     tracing::info!(released = ?result.released, "released");
+    Ok(())
+}
+
+fn del(env: &CniEnv, settings: &Settings) -> Result<Output, PluginError> {
+    ask_del(env, settings)?;
     // DEL prints nothing (its result is ignored by runtimes); an empty object
     // is not valid either, so print nothing.
     Ok(Output::Nothing)
@@ -144,14 +169,20 @@ fn prev_addresses(prev: Option<&Value>) -> Result<Vec<IpAddr>, PluginError> {
         .collect()
 }
 
-fn check(env: &CniEnv, settings: &Settings) -> Result<Output, PluginError> {
+/// Asks the daemon whether the attachment holds what prevResult lists, and
+/// what it holds.
+pub fn ask_check(env: &CniEnv, settings: &Settings) -> Result<AddResult, PluginError> {
     let expect = prev_addresses(settings.prev_result.as_ref())?;
     let request = Request::Check(CheckRequest {
         key: env.key(&settings.network),
         expect,
     });
     let response = call(settings, &request).map_err(api)?;
-    expect_response!(response, Response::Checked => (), "Checked").map_err(api)?;
+    expect_response!(response, Response::Checked(held) => held, "Checked").map_err(api)
+}
+
+fn check(env: &CniEnv, settings: &Settings) -> Result<Output, PluginError> {
+    ask_check(env, settings)?;
     Ok(Output::Nothing)
 }
 

@@ -19,11 +19,14 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ipkeep_api::names::{check_cni_identifier, check_object_name};
+use ipkeep_api::model::Route;
+use ipkeep_api::names::{check_cni_identifier, check_ifname, check_object_name};
+use ipkeep_api::Mac;
 use serde::Deserialize;
 use serde_json::Value;
 
 use crate::error::PluginError;
+use crate::link::Mode;
 use crate::version;
 
 pub const DEFAULT_LOG_FILE: &str = "/var/log/ipkeep/plugin.log";
@@ -96,6 +99,122 @@ pub struct Settings {
     /// Addresses asked for in the configuration (runtimeConfig `ips`, then
     /// `args.cni.ips`); empty when none. CNI_ARGS `IP=` is the fallback.
     pub requested: Vec<std::net::IpAddr>,
+    /// A MAC asked for in the configuration (runtimeConfig `mac`, then
+    /// `args.cni.mac`); CNI_ARGS `MAC=` is the fallback.
+    pub mac: Option<Mac>,
+    /// Main-plugin mode: the interface ipkeep makes itself. None: IPAM mode.
+    pub link: Option<LinkSettings>,
+}
+
+/// The interface settings of main-plugin mode.
+#[derive(Debug, Clone)]
+pub struct LinkSettings {
+    pub mode: Mode,
+    /// Overrides the subnet's MTU.
+    pub mtu: Option<u32>,
+    /// Routes on top of the subnets' own.
+    pub routes: Vec<Route>,
+}
+
+/// The top level of a main-plugin configuration:
+///
+/// ```json
+/// {"cniVersion": "1.0.0", "name": "data", "type": "ipkeep",
+///  "mode": "veth", "bridge": "ipk0", "isGateway": true, "mtu": 1450,
+///  "routes": [{"dst": "10.96.0.0/12"}],
+///  "ipam": {"subnet": "data"}}
+/// {"cniVersion": "1.0.0", "name": "lan", "type": "ipkeep",
+///  "mode": "macvlan", "master": "eth0", "subnet": "lan"}
+/// ```
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LinkConf {
+    mode: String,
+    master: Option<String>,
+    bridge: Option<String>,
+    #[serde(default)]
+    is_gateway: bool,
+    mtu: Option<u32>,
+    #[serde(default)]
+    routes: Vec<RouteConf>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RouteConf {
+    dst: ipnet::IpNet,
+    gw: Option<std::net::IpAddr>,
+}
+
+pub const DEFAULT_BRIDGE: &str = "ipkeep0";
+
+/// Main-plugin mode when the configuration's own type is ipkeep and it says
+/// which mode; ipkeep called as the ipam of another plugin sees that
+/// plugin's type at the top level.
+fn is_main_plugin(json: &Value) -> bool {
+    json.get("type").and_then(Value::as_str) == Some("ipkeep") && json.get("mode").is_some()
+}
+
+fn link_settings(json: &Value) -> Result<LinkSettings, PluginError> {
+    let conf: LinkConf = serde_path_to_error::deserialize(json).map_err(|e| {
+        let path = e.path().to_string();
+        PluginError::config(if path == "." { "config" } else { &path }, e.inner())
+    })?;
+    let check_name =
+        |field: &str, name: &str| check_ifname(name).map_err(|r| PluginError::config(field, r));
+    let mode = match conf.mode.as_str() {
+        "macvlan" => {
+            let master = conf.master.ok_or_else(|| {
+                PluginError::config(
+                    "master",
+                    "is required in macvlan mode (the host link, e.g. eth0)",
+                )
+            })?;
+            check_name("master", &master)?;
+            Mode::Macvlan { master }
+        }
+        "veth" => {
+            let bridge = conf.bridge.unwrap_or_else(|| DEFAULT_BRIDGE.to_owned());
+            check_name("bridge", &bridge)?;
+            Mode::Veth {
+                bridge,
+                is_gateway: conf.is_gateway,
+            }
+        }
+        other => {
+            return Err(PluginError::config(
+                "mode",
+                format!("{other:?} is not a mode ipkeep knows; use \"macvlan\" or \"veth\""),
+            ))
+        }
+    };
+    if let Some(mtu) = conf.mtu {
+        if !(68..=65535).contains(&mtu) {
+            return Err(PluginError::config(
+                "mtu",
+                format!("{mtu} is outside 68..=65535"),
+            ));
+        }
+    }
+    Ok(LinkSettings {
+        mode,
+        mtu: conf.mtu,
+        routes: conf
+            .routes
+            .into_iter()
+            .map(|r| Route {
+                dst: r.dst.trunc(),
+                gw: r.gw,
+            })
+            .collect(),
+    })
+}
+
+fn requested_mac(field: &str, value: &Value) -> Result<Mac, PluginError> {
+    value
+        .as_str()
+        .ok_or_else(|| PluginError::config(field, "must be a string"))?
+        .parse()
+        .map_err(|r| PluginError::config(field, r))
 }
 
 /// Parses a list of requested addresses ("10.0.0.5" or "10.0.0.5/24"; the
@@ -129,7 +248,8 @@ pub fn parse_json(stdin: &str) -> Result<Value, PluginError> {
 
 /// Where the plugin logs, read before anything else can fail.
 pub fn log_settings(json: Option<&Value>) -> (PathBuf, String) {
-    let ipam = json.and_then(|j| j.get("ipam"));
+    // Main-plugin mode may keep the ipam settings at the top level.
+    let ipam = json.and_then(|j| j.get("ipam").or(Some(j)));
     let file = ipam
         .and_then(|i| i.get("logFile"))
         .and_then(Value::as_str)
@@ -202,13 +322,30 @@ fn subnet_sets(ipam: &IpamConf) -> Result<Vec<Vec<String>>, PluginError> {
 
 /// Checks the whole configuration for a command that talks to the daemon.
 pub fn settle(json: Value) -> Result<Settings, PluginError> {
+    let link = if is_main_plugin(&json) {
+        Some(link_settings(&json)?)
+    } else {
+        None
+    };
+    // In main-plugin mode the ipam settings may sit at the top level.
+    let top_level_ipam = match (&link, json.get("ipam")) {
+        (Some(_), None) => Some(json.clone()),
+        _ => None,
+    };
     let conf: NetConf = serde_path_to_error::deserialize(json).map_err(|e| {
         let path = e.path().to_string();
         PluginError::config(if path == "." { "config" } else { &path }, e.inner())
     })?;
     check_version(&conf.cni_version)?;
     check_cni_identifier(&conf.name).map_err(|r| PluginError::config("name", r))?;
-    let ipam = conf.ipam.ok_or_else(|| {
+    let ipam = match top_level_ipam {
+        Some(top) => Some(
+            serde_path_to_error::deserialize(top)
+                .map_err(|e| PluginError::config(&e.path().to_string(), e.inner()))?,
+        ),
+        None => conf.ipam,
+    };
+    let ipam = ipam.ok_or_else(|| {
         PluginError::config(
             "ipam",
             "is missing; ipkeep needs {\"type\": \"ipkeep\", \"subnet\": NAME}",
@@ -254,8 +391,26 @@ pub fn settle(json: Value) -> Result<Settings, PluginError> {
             requested = requested_ips("args.cni.ips", ips)?;
         }
     }
+    let mut mac = None;
+    if conf.capabilities.get("mac") == Some(&true) {
+        if let Some(m) = conf.runtime_config.as_ref().and_then(|r| r.get("mac")) {
+            mac = Some(requested_mac("runtimeConfig.mac", m)?);
+        }
+    }
+    if mac.is_none() {
+        if let Some(m) = conf
+            .args
+            .as_ref()
+            .and_then(|a| a.get("cni"))
+            .and_then(|c| c.get("mac"))
+        {
+            mac = Some(requested_mac("args.cni.mac", m)?);
+        }
+    }
     Ok(Settings {
         requested,
+        mac,
+        link,
         cni_version: conf.cni_version,
         network: conf.name,
         subnets,
@@ -340,6 +495,69 @@ mod tests {
         assert_eq!(
             s.requested,
             vec!["10.0.0.8".parse::<std::net::IpAddr>().unwrap()]
+        );
+    }
+
+    #[test]
+    fn main_plugin_mode_only_with_our_type_and_a_mode() {
+        // macvlan's own "mode" does not make ipkeep its main plugin.
+        let s = settle(
+            json!({"cniVersion": "1.0.0", "name": "n", "type": "macvlan",
+            "mode": "bridge", "master": "eth0", "ipam": {"type": "ipkeep", "subnet": "a"}}),
+        )
+        .unwrap();
+        assert!(s.link.is_none());
+        // ipam settings at the top level, MAC from args.
+        let s = settle(json!({"cniVersion": "1.0.0", "name": "n", "type": "ipkeep",
+            "mode": "macvlan", "master": "eth0", "subnet": "lan", "mtu": 9000,
+            "args": {"cni": {"mac": "02:00:00:00:00:01"}}}))
+        .unwrap();
+        let link = s.link.expect("main-plugin mode");
+        assert_eq!(
+            link.mode,
+            Mode::Macvlan {
+                master: "eth0".into()
+            }
+        );
+        assert_eq!(link.mtu, Some(9000));
+        assert_eq!(s.subnets, vec![vec!["lan".to_string()]]);
+        assert_eq!(s.mac.unwrap().to_string(), "02:00:00:00:00:01");
+        let s = settle(json!({"cniVersion": "1.0.0", "name": "n", "type": "ipkeep",
+            "mode": "veth", "ipam": {"subnet": "a"}}))
+        .unwrap();
+        assert_eq!(
+            s.link.unwrap().mode,
+            Mode::Veth {
+                bridge: DEFAULT_BRIDGE.into(),
+                is_gateway: false
+            }
+        );
+    }
+
+    #[test]
+    fn main_plugin_errors_name_the_field() {
+        let bad = |extra: Value, field: &str| {
+            let mut conf =
+                json!({"cniVersion": "1.0.0", "name": "n", "type": "ipkeep", "subnet": "a"});
+            for (k, v) in extra.as_object().unwrap() {
+                conf[k] = v.clone();
+            }
+            let e = settle(conf).unwrap_err();
+            assert_eq!(e.code, 7, "{e}");
+            assert!(e.details.starts_with(field), "{field}: {e}");
+        };
+        bad(json!({"mode": "macvlan"}), "master");
+        bad(json!({"mode": "ipvlan"}), "mode");
+        bad(json!({"mode": "veth", "bridge": "a bridge"}), "bridge");
+        bad(json!({"mode": "veth", "mtu": 20}), "mtu");
+        bad(json!({"mode": "veth", "mtu": "big"}), "mtu");
+        bad(
+            json!({"mode": "veth", "routes": [{"dst": "nowhere"}]}),
+            "routes[0].dst",
+        );
+        bad(
+            json!({"mode": "veth", "capabilities": {"mac": true}, "runtimeConfig": {"mac": "zz"}}),
+            "runtimeConfig.mac",
         );
     }
 

@@ -35,6 +35,8 @@ pub struct CniArgs {
     pub pod: PodRef,
     /// `IP=` (deprecated in favour of runtimeConfig `ips`; CRI-O still sends it).
     pub ips: Vec<std::net::IpAddr>,
+    /// `MAC=` (CRI-O sends it; runtimeConfig `mac` is the current way).
+    pub mac: Option<ipkeep_api::Mac>,
 }
 
 #[derive(Debug, Clone)]
@@ -97,6 +99,13 @@ pub fn parse_args(raw: &str) -> Result<CniArgs, PluginError> {
                         PluginError::env("CNI_ARGS", format!("IP={ip} is not an IP address"))
                     })?);
                 }
+            }
+            "MAC" if !value.is_empty() => {
+                args.mac = Some(
+                    value
+                        .parse()
+                        .map_err(|r| PluginError::env("CNI_ARGS", format!("MAC: {r}")))?,
+                );
             }
             _ => {}
         }

@@ -6,6 +6,8 @@ mod commands;
 mod config;
 mod env;
 mod error;
+mod interface;
+mod link;
 mod logging;
 mod result;
 mod version;

@@ -1,12 +1,70 @@
-//! The IPAM result, in the shape of the requested cniVersion: no
+//! Results in the shape of the requested cniVersion. In IPAM mode: no
 //! `interfaces`, no `interface` index on ips (the spec's abbreviated result
-//! for delegated IPAM plugins); before 1.0.0 each ip carries `version`.
+//! for delegated IPAM plugins). In main-plugin mode: the interfaces made,
+//! each ip pointing at the pod's. Before 1.0.0 each ip carries `version`.
 
 use ipkeep_api::message::AddResult;
 use ipkeep_api::model::Dns;
+use ipkeep_api::Mac;
 use serde_json::{json, Map, Value};
 
+use crate::link::PlannedRoute;
 use crate::version;
+
+/// One entry of a result's `interfaces`.
+#[derive(Debug, Clone)]
+pub struct Interface {
+    pub name: String,
+    pub mac: Option<Mac>,
+    /// The pod's namespace; None for the host end.
+    pub sandbox: Option<String>,
+}
+
+/// The result of main-plugin mode: the interfaces, the ips on the pod's
+/// interface (`interface` is its index in `interfaces`), the routes as set.
+pub fn full_result(
+    cni_version: &str,
+    result: &AddResult,
+    interfaces: &[Interface],
+    pod_interface: usize,
+    routes: &[PlannedRoute],
+) -> Value {
+    let mut out = ipam_result(cni_version, result);
+    let ifaces: Vec<Value> = interfaces
+        .iter()
+        .map(|i| {
+            let mut o = Map::new();
+            o.insert("name".into(), json!(i.name));
+            if let Some(mac) = i.mac {
+                o.insert("mac".into(), json!(mac.to_string()));
+            }
+            if let Some(sandbox) = &i.sandbox {
+                o.insert("sandbox".into(), json!(sandbox));
+            }
+            Value::Object(o)
+        })
+        .collect();
+    if let Some(ips) = out.get_mut("ips").and_then(Value::as_array_mut) {
+        for ip in ips {
+            ip["interface"] = json!(pod_interface);
+        }
+    }
+    let routes: Vec<Value> = routes
+        .iter()
+        .map(|r| match r.gw {
+            Some(gw) => json!({"dst": r.dst.to_string(), "gw": gw.to_string()}),
+            None => json!({"dst": r.dst.to_string()}),
+        })
+        .collect();
+    if let Some(o) = out.as_object_mut() {
+        o.insert("interfaces".into(), Value::Array(ifaces));
+        o.remove("routes");
+        if !routes.is_empty() {
+            o.insert("routes".into(), Value::Array(routes));
+        }
+    }
+    out
+}
 
 fn dns_json(dns: &Dns) -> Value {
     let mut out = Map::new();
@@ -106,6 +164,8 @@ mod tests {
                 search: vec![],
                 options: vec![],
             },
+            mac: None,
+            mtu: None,
         }
     }
 

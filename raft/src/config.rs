@@ -183,6 +183,7 @@ impl DefaultSubnet {
                 dns: Dns::default(),
                 tenancy: Default::default(),
                 sticky: None,
+                mtu: None,
             }),
         }
     }

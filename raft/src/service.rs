@@ -258,8 +258,8 @@ async fn del(node: &Node, request: DelRequest) -> Result<Response, ApiError> {
 
 fn check(node: &Node, request: CheckRequest) -> Result<Response, ApiError> {
     check_key(&request.key)?;
-    node.machine.read().state.check(&request)?;
-    Ok(Response::Checked)
+    let held = node.machine.read().state.check(&request)?;
+    Ok(Response::Checked(held))
 }
 
 async fn gc(node: &Node, request: GcRequest) -> Result<Response, ApiError> {

@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// Version of the record encoding, the first byte of every stored value.
-const RECORD_VERSION: u8 = 1;
+const RECORD_VERSION: u8 = 2;
 
 /// Largest record the decoder accepts (an allocation is a few hundred bytes).
 const MAX_RECORD: u64 = 1 << 20;

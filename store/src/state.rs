@@ -18,6 +18,7 @@ use ipkeep_api::model::{
     Allocation, AttachmentKey, Binding, HistoryEntry, Pool, PoolInfo, ReleaseReason, Reservation,
     Subnet, SubnetInfo,
 };
+use ipkeep_api::Mac;
 
 use crate::history::HistoryLog;
 use crate::pool::PoolState;
@@ -882,6 +883,16 @@ impl State {
             None => self.bindings.entry(pod).or_insert(new),
         };
         journal.push(Record::Binding(binding.clone()).to_change());
+    }
+
+    /// Keeps the MAC a bound pod runs with, so that it comes back with it.
+    pub(crate) fn remember_mac(&mut self, pod: &PodName, mac: Mac, journal: &mut Vec<Change>) {
+        if let Some(b) = self.bindings.get_mut(pod) {
+            if b.mac != Some(mac) {
+                b.mac = Some(mac);
+                journal.push(Record::Binding(b.clone()).to_change());
+            }
+        }
     }
 
     /// Frees an idle binding: its addresses go back to their free lists.

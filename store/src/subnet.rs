@@ -120,6 +120,19 @@ pub fn check_routes(cidr: &IpNet, routes: &[Route]) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Linux takes 68 (IPv4) or 1280 (IPv6) up to 65535 bytes.
+pub(crate) fn check_mtu(cidr: &IpNet, mtu: Option<u32>) -> Result<(), ApiError> {
+    let Some(mtu) = mtu else { return Ok(()) };
+    let min = if cidr.addr().is_ipv4() { 68 } else { 1280 };
+    if !(min..=65535).contains(&mtu) {
+        return Err(ApiError::invalid(
+            "mtu",
+            format!("{mtu} is outside {min}..=65535, what Linux accepts for {cidr}"),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a spec and settles its gateway. Pure: the daemon calls it before
 /// proposing (for a quick, clear error) and the state machine calls it again
 /// when applying, with the same result on every replica.
@@ -167,6 +180,7 @@ pub fn settle(spec: &SubnetSpec) -> Result<Subnet, ApiError> {
     check_dns(&spec.dns)?;
     check_tenancy(&spec.tenancy)?;
     check_sticky("sticky", spec.sticky)?;
+    check_mtu(&cidr, spec.mtu)?;
 
     let subnet = Subnet {
         name: spec.name.clone(),
@@ -184,6 +198,7 @@ pub fn settle(spec: &SubnetSpec) -> Result<Subnet, ApiError> {
         dns: spec.dns.clone(),
         tenancy: spec.tenancy.clone(),
         sticky: spec.sticky,
+        mtu: spec.mtu,
     };
     if SubnetState::new(subnet.clone()).usage().assignable == 0 {
         return Err(ApiError::invalid(
@@ -351,6 +366,7 @@ mod tests {
             dns: Dns::default(),
             tenancy: Default::default(),
             sticky: None,
+            mtu: None,
         }
     }
 

@@ -7,11 +7,11 @@ use std::net::IpAddr;
 
 use common::subnet;
 use ipkeep_api::code;
-use ipkeep_api::message::{AddRequest, AddResult, PoolRequest};
+use ipkeep_api::message::{AddRequest, AddResult, MacWish, PoolRequest};
 use ipkeep_api::model::{
     AttachmentKey, IpRange, PodPattern, PodRef, PodSelector, ReleaseReason, Sticky, SubnetUpdate,
 };
-use ipkeep_api::ApiError;
+use ipkeep_api::{ApiError, Mac};
 use ipkeep_store::{Command, Reply, State};
 
 const T0: u64 = 1_700_000_000_000;
@@ -40,6 +40,7 @@ fn add_pod(cid: &str, ns: &str, pod: &str, subnets: &[&str], requested: &[&str])
                 uid: None,
             },
             requested: requested.iter().map(|a| ip(a)).collect(),
+            mac: Default::default(),
             timing: Default::default(),
         },
         node: "n1".into(),
@@ -674,4 +675,79 @@ fn every_kind_of_record_rebuilds_the_same_state() {
     ] {
         assert_eq!(run(&mut rebuilt, c.clone()), run(&mut s, c));
     }
+}
+
+fn with_mac(command: Command, wish: MacWish) -> Command {
+    match command {
+        Command::Add {
+            mut request,
+            node,
+            at_ms,
+            issued_us,
+        } => {
+            request.mac = wish;
+            Command::Add {
+                request,
+                node,
+                at_ms,
+                issued_us,
+            }
+        }
+        other => other,
+    }
+}
+
+fn mac_of(r: Reply) -> Option<Mac> {
+    match r {
+        Reply::Added(result) => result.mac,
+        other => panic!("expected an address, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_mac_follows_the_pod_like_its_address() {
+    let mut s = etcd();
+    // IPAM mode: no MAC is decided or kept.
+    assert_eq!(
+        mac_of(run(&mut s, add_pod("A", "db", "etcd-0", &["db"], &[]))),
+        None
+    );
+    run(&mut s, del_at("A", T0 + 1));
+    assert_eq!(
+        s.binding(&("db".into(), "etcd-0".into())).unwrap().mac,
+        None
+    );
+    // Main-plugin mode without a wish: derived from the (sticky) address.
+    let derived = mac_of(run(
+        &mut s,
+        with_mac(add_pod("B", "db", "etcd-0", &["db"], &[]), MacWish::Any),
+    ))
+    .expect("a MAC");
+    assert_eq!(derived, Mac::derived_from(ip("10.40.0.11")));
+    run(&mut s, del_at("B", T0 + 2));
+    // An explicit MAC is granted and kept with the binding ...
+    let explicit: Mac = "02:00:00:00:00:07".parse().unwrap();
+    let got = mac_of(run(
+        &mut s,
+        with_mac(
+            add_pod("C", "db", "etcd-0", &["db"], &[]),
+            MacWish::Exactly(explicit),
+        ),
+    ));
+    assert_eq!(got, Some(explicit));
+    run(&mut s, del_at("C", T0 + 3));
+    let b = s.binding(&("db".into(), "etcd-0".into())).unwrap();
+    assert_eq!(b.mac, Some(explicit));
+    // ... so the pod comes back with it, wherever it runs, without asking.
+    let again = mac_of(run(
+        &mut s,
+        with_mac(add_pod("D", "db", "etcd-0", &["db"], &[]), MacWish::Any),
+    ));
+    assert_eq!(again, Some(explicit));
+    // A retried ADD answers the same MAC.
+    let retried = mac_of(run(
+        &mut s,
+        with_mac(add_pod("D", "db", "etcd-0", &["db"], &[]), MacWish::Any),
+    ));
+    assert_eq!(retried, Some(explicit));
 }

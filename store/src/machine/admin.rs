@@ -11,7 +11,8 @@ use crate::pool;
 use crate::records::Change;
 use crate::state::State;
 use crate::subnet::{
-    addr_to_u128, check_dns, check_namespace, check_routes, check_sticky, settle, u128_to_addr,
+    addr_to_u128, check_dns, check_mtu, check_namespace, check_routes, check_sticky, settle,
+    u128_to_addr,
 };
 
 /// How many holders a refusal names before it says "and N more".
@@ -191,6 +192,10 @@ impl State {
         if let Some(dns) = &update.dns {
             check_dns(dns)?;
             subnet.dns = dns.clone();
+        }
+        if let Some(mtu) = update.mtu {
+            check_mtu(&subnet.cidr, mtu)?;
+            subnet.mtu = mtu;
         }
         self.replace_subnet_settings(subnet, journal);
         Ok(Reply::Subnet(self.subnet_info(name).expect("exists")))

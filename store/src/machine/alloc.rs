@@ -13,11 +13,11 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use ipkeep_api::code;
-use ipkeep_api::message::{AddRequest, AddResult, DelResult, GcResult};
+use ipkeep_api::message::{AddRequest, AddResult, DelResult, GcResult, MacWish};
 use ipkeep_api::model::{
     AllocatedAddress, Allocation, AttachmentKey, Binding, PodRef, ReleaseReason,
 };
-use ipkeep_api::ApiError;
+use ipkeep_api::{ApiError, Mac};
 
 use crate::records::Change;
 use crate::state::{PodName, Source, State};
@@ -358,6 +358,16 @@ impl State {
                 choices.push(choice);
             }
         }
+        // The MAC follows the pod like its address does: kept with its
+        // binding, or derived from the address (itself sticky).
+        let mac = match request.mac {
+            MacWish::NotNeeded => None,
+            MacWish::Exactly(mac) => Some(mac),
+            MacWish::Any => pod_name(pod)
+                .and_then(|p| self.binding(&p))
+                .and_then(|b| b.mac)
+                .or_else(|| choices.first().map(|c| Mac::derived_from(c.address))),
+        };
         let allocation = Allocation {
             key: request.key.clone(),
             addresses: choices
@@ -370,6 +380,7 @@ impl State {
             pod: pod.clone(),
             node: node.to_owned(),
             netns: request.netns.clone(),
+            mac,
             since_ms: at_ms,
         };
         let sources: Vec<Source> = choices.iter().map(|c| c.source).collect();
@@ -400,7 +411,7 @@ impl State {
                         namespace: name.0,
                         name: name.1,
                         addresses: sticky,
-                        mac: None,
+                        mac,
                         pool: from_pool,
                         holder: Some(request.key.clone()),
                         since_ms: at_ms,
@@ -410,6 +421,9 @@ impl State {
                     journal,
                 );
             }
+        }
+        if let (Some(name), Some(mac)) = (pod_name(pod), mac) {
+            self.remember_mac(&name, mac, journal);
         }
         Ok(result)
     }

@@ -68,6 +68,7 @@ impl State {
         let mut ips = Vec::new();
         let mut routes = Vec::new();
         let mut dns = Dns::default();
+        let mut mtu = None;
         for held in &allocation.addresses {
             let Some(sub) = self.subnet(&held.subnet) else {
                 continue;
@@ -84,12 +85,19 @@ impl State {
                 }
             }
             dns.merge(&sub.subnet.dns);
+            mtu = mtu.or(sub.subnet.mtu);
         }
-        AddResult { ips, routes, dns }
+        AddResult {
+            ips,
+            routes,
+            dns,
+            mac: allocation.mac,
+            mtu,
+        }
     }
 
     /// CHECK: the attachment is held, and holds every address the runtime expects.
-    pub fn check(&self, request: &CheckRequest) -> Result<(), ApiError> {
+    pub fn check(&self, request: &CheckRequest) -> Result<AddResult, ApiError> {
         let Some(allocation) = self.allocation(&request.key) else {
             return Err(ApiError::new(
                 code::CHECK_FAILED,
@@ -115,6 +123,6 @@ impl State {
                 ));
             }
         }
-        Ok(())
+        Ok(self.add_result(allocation))
     }
 }

@@ -15,6 +15,7 @@ pub fn subnet(name: &str, cidr: &str) -> SubnetSpec {
         dns: Dns::default(),
         tenancy: Default::default(),
         sticky: None,
+        mtu: None,
     }
 }
 
@@ -45,6 +46,7 @@ pub fn add_on(cid: &str, subnets: &[&[&str]], node: &str) -> Command {
                 uid: None,
             },
             requested: vec![],
+            mac: Default::default(),
             timing: Default::default(),
         },
         node: node.into(),
