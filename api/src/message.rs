@@ -88,6 +88,9 @@ pub enum Request {
     MemberRemove {
         id: u64,
     },
+    /// A backup of the whole state, as this node has applied it (wrap it in
+    /// Linearize for everything committed).
+    SnapshotSave,
     /// Serve the inner (read) request only after this node has applied
     /// everything the leader had committed when the request arrived.
     Linearize(Box<Request>),
@@ -112,6 +115,8 @@ pub enum Response {
     Pool(PoolInfo),
     Pools(Vec<PoolInfo>),
     Bindings(Vec<Binding>),
+    /// A backup file's bytes (the snapshot format: checksummed records).
+    Backup(Vec<u8>),
     /// A change that answers nothing more than that it was made.
     Done,
     Error(ApiError),
@@ -137,6 +142,7 @@ impl Response {
             Response::Pool(_) => "Pool",
             Response::Pools(_) => "Pools",
             Response::Bindings(_) => "Bindings",
+            Response::Backup(_) => "Backup",
             Response::Done => "Done",
             Response::Error(_) => "Error",
         }

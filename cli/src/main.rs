@@ -6,6 +6,7 @@ mod member;
 mod parse;
 mod pool;
 mod session;
+mod snapshot;
 mod subnet;
 mod table;
 
@@ -63,6 +64,9 @@ enum Command {
     /// Cluster members: list, add (as learner), promote, remove.
     #[command(subcommand)]
     Member(member::MemberCommand),
+    /// Backups of the cluster's state.
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCommand),
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -80,6 +84,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pool(c) => pool::run(&mut session, c),
         Command::Binding(c) => pool::run_binding(&mut session, c),
         Command::Member(c) => member::run(&mut session, c),
+        Command::Snapshot(c) => snapshot::run(&mut session, c),
     }
 }
 

@@ -30,6 +30,9 @@ pub struct ClusterOptions {
     pub write_timeout_ms: u64,
     pub snapshot_every: u64,
     pub keep_logs: u64,
+    /// A backup the first member seeds the new cluster with (`--restore`);
+    /// `subnet` then only names a subnet the backup holds.
+    pub restore: Option<PathBuf>,
 }
 
 impl Default for ClusterOptions {
@@ -40,6 +43,7 @@ impl Default for ClusterOptions {
             write_timeout_ms: 3000,
             snapshot_every: 500,
             keep_logs: 50,
+            restore: None,
         }
     }
 }
@@ -202,6 +206,7 @@ impl Cluster {
     /// Starts a node's daemon (its data directory is kept).
     pub fn spawn(&mut self, id: u64) {
         let initial = self.initial_cluster();
+        let first_id = self.ids()[0];
         let options = self.options.clone();
         let secret = self.secret_file.clone();
         let node = self.node_mut(id);
@@ -238,7 +243,17 @@ impl Cluster {
             cmd.arg("--join").args(["--default-subnet", "none"]);
         } else {
             cmd.args(["--initial-cluster", &initial]);
-            cmd.args(["--default-subnet", &options.subnet]);
+            match &options.restore {
+                Some(backup) => {
+                    cmd.args(["--default-subnet", "none"]);
+                    if id == first_id {
+                        cmd.arg("--restore").arg(backup);
+                    }
+                }
+                None => {
+                    cmd.args(["--default-subnet", &options.subnet]);
+                }
+            }
         }
         // `ip netns exec` execs the daemon in place: the child's pid is ipkeepd's.
         node.child = Some(cmd.spawn().expect("spawn ipkeepd"));

@@ -166,6 +166,11 @@ async fn serve_connection(
         let started = std::time::Instant::now();
         let kind = request_kind(&request);
         let response = service::handle(node, request).await;
+        let code = match &response {
+            Response::Error(e) => e.code,
+            _ => 0,
+        };
+        node.metrics.observe(kind, code, started.elapsed());
         if let Response::Error(e) = &response {
             tracing::info!(request = kind, code = e.code, error = %e, elapsed_us = started.elapsed().as_micros() as u64, "request failed");
         } else {
@@ -187,6 +192,7 @@ fn request_kind(request: &Request) -> &'static str {
         Request::Gc(_) => "gc",
         Request::Ready(_) => "ready",
         Request::NodeStatus => "status",
+        Request::SnapshotSave => "snapshot-save",
         Request::SubnetCreate(_) => "subnet-create",
         Request::SubnetList => "subnet-list",
         Request::SubnetShow { .. } => "subnet-show",

@@ -9,11 +9,12 @@
 //!
 //! A node that already has state ignores all of this and resumes.
 //!
-//! The default subnet is created by one node (the single node, or the member
-//! with the lowest id). A marker file written before initialising and removed
-//! once the subnet is committed makes that restartable: a daemon killed in
-//! between finishes the job at its next start (creating the same subnet twice
-//! is a no-op).
+//! A new cluster's first task (creating the default subnet, or restoring a
+//! backup with `--restore`) is done by one node (the single node, or the
+//! member with the lowest id). A marker file written before initialising and
+//! removed once the task is committed makes that restartable: a daemon killed
+//! in between finishes the job at its next start (creating the same subnet
+//! twice is a no-op; a restore into a cluster that has state is refused).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -23,7 +24,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ipkeep_api::code;
-use ipkeep_api::model::SubnetSpec;
 use ipkeep_store::types::PeerNode;
 use ipkeep_store::Command;
 use openraft::error::{InitializeError, RaftError};
@@ -41,12 +41,21 @@ pub enum Formation {
     Join,
 }
 
+/// What a new cluster does first, once it has a leader.
+pub struct FirstTask {
+    pub command: Command,
+    /// For the log: "created the default subnet pods (10.22.0.0/16)".
+    pub done: String,
+    /// A restore must happen: refuse to start where it cannot.
+    pub required: bool,
+}
+
 pub async fn bootstrap(
     node: &Arc<Node>,
     formation: &Formation,
     listen: &str,
     data_dir: &Path,
-    default_subnet: Option<SubnetSpec>,
+    first: Option<FirstTask>,
 ) -> anyhow::Result<()> {
     let marker = data_dir.join(MARKER);
     let initialized = node
@@ -54,6 +63,42 @@ pub async fn bootstrap(
         .is_initialized()
         .await
         .context("reading raft state")?;
+    // Like the member list, --restore only seeds a new cluster: a node that
+    // has state (it restored before, or never was new) resumes and says so.
+    let first = match first {
+        Some(task) if task.required && initialized && !marker.exists() => {
+            tracing::warn!(
+                data_dir = %data_dir.display(),
+                "--restore ignored: this node already holds cluster state (a backup seeds only a new cluster)"
+            );
+            None
+        }
+        other => other,
+    };
+    if let Some(task) = first.as_ref().filter(|t| t.required) {
+        let first_member = match formation {
+            Formation::Single => Some(node.id),
+            Formation::Initial(members) => members.keys().next().copied(),
+            Formation::Join => None,
+        };
+        if first_member != Some(node.id) {
+            anyhow::bail!(
+                "--restore is for the member with the lowest id{} of a new cluster; this node {}",
+                first_member
+                    .map(|id| format!(" ({id})"))
+                    .unwrap_or_default(),
+                if matches!(formation, Formation::Join) {
+                    "joins an existing one"
+                } else {
+                    "is not it"
+                }
+            );
+        }
+        tracing::info!(
+            records = restore_size(&task.command),
+            "restoring a backup into the new cluster"
+        );
+    }
     if !initialized {
         let members = match formation {
             Formation::Join => {
@@ -83,58 +128,54 @@ pub async fn bootstrap(
             Err(e) => return Err(e).context("initialising the cluster"),
         }
     }
-    let (Some(spec), true) = (default_subnet, marker.exists()) else {
+    let (Some(task), true) = (first, marker.exists()) else {
         let _ = fs::remove_file(&marker);
         return Ok(());
     };
     match formation {
-        // A single node serves only once its default subnet exists.
-        Formation::Single => {
-            create_default_subnet(node, spec, marker, Some(SINGLE_NODE_LIMIT)).await
-        }
+        // A single node serves only once its first task is done.
+        Formation::Single => run_first_task(node, task, marker, Some(SINGLE_NODE_LIMIT)).await,
         // Several nodes may start minutes apart: keep trying in the background.
         _ => {
             let node = node.clone();
             tokio::spawn(async move {
-                create_default_subnet(&node, spec, marker, None).await;
+                run_first_task(&node, task, marker, None).await;
             });
         }
     }
     Ok(())
 }
 
-async fn create_default_subnet(
-    node: &Node,
-    spec: SubnetSpec,
-    marker: PathBuf,
-    limit: Option<Duration>,
-) {
+async fn run_first_task(node: &Node, task: FirstTask, marker: PathBuf, limit: Option<Duration>) {
     let started = Instant::now();
-    let (name, cidr) = (spec.name.clone(), spec.cidr);
     loop {
-        match node
-            .propose(Command::CreateSubnet { spec: spec.clone() })
-            .await
-        {
+        match node.propose(task.command.clone()).await {
             Ok(_) => {
-                tracing::info!(subnet = %name, %cidr, "created the default subnet");
+                tracing::info!("{}", task.done);
                 break;
             }
             Err(e) if e.code == code::TRY_AGAIN => {
                 if limit.is_some_and(|l| started.elapsed() >= l) {
-                    tracing::warn!(error = %e, "default subnet not created yet; the next start retries");
+                    tracing::warn!(error = %e, "first task not done yet; the next start retries");
                     return;
                 }
-                tracing::debug!(error = %e, "waiting for a leader to create the default subnet");
+                tracing::debug!(error = %e, "waiting for a leader");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             Err(e) => {
-                tracing::warn!(subnet = %name, error = %e, "default subnet not created");
+                tracing::warn!(error = %e, "first task of the new cluster refused: {}", task.done);
                 break;
             }
         }
     }
     if let Err(e) = fs::remove_file(&marker) {
         tracing::warn!(error = %e, marker = %marker.display(), "cannot remove the bootstrap marker");
+    }
+}
+
+fn restore_size(command: &Command) -> usize {
+    match command {
+        Command::Restore { records } => records.len(),
+        _ => 0,
     }
 }

@@ -65,6 +65,16 @@ pub struct Args {
     #[arg(long, env = "IPKEEP_DEFAULT_SUBNET", default_value = "default=10.22.0.0/16", value_parser = parse_default_subnet)]
     pub default_subnet: DefaultSubnet,
 
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:7472).
+    #[arg(long, env = "IPKEEP_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+
+    /// Seed a new cluster from a backup (`ipkeepctl snapshot save`): on an
+    /// empty data directory, on the single node or the member with the
+    /// lowest id; replaces the default subnet.
+    #[arg(long, value_name = "FILE")]
+    pub restore: Option<PathBuf>,
+
     /// Take a snapshot (and purge the log behind it) every this many entries.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub snapshot_every: u64,

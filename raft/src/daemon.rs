@@ -5,13 +5,15 @@ use std::sync::Arc;
 use anyhow::Context;
 use ipkeep_store::storage::{self, StorageOptions};
 use ipkeep_store::types::{PeerNode, Raft};
+use ipkeep_store::Command;
 use openraft::{Config, SnapshotPolicy};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 use crate::api_server::ApiServer;
-use crate::bootstrap::{bootstrap, Formation};
+use crate::bootstrap::{bootstrap, FirstTask, Formation};
 use crate::config::Args;
+use crate::metrics_server::MetricsServer;
 use crate::network::PeerNetwork;
 use crate::node::Node;
 use crate::peer::pool::PeerPool;
@@ -75,6 +77,25 @@ fn formation(args: &Args) -> Formation {
     }
 }
 
+/// A new cluster's first task: restore the backup, or create the default subnet.
+fn first_task(args: &Args) -> anyhow::Result<Option<FirstTask>> {
+    if let Some(path) = &args.restore {
+        let records = ipkeep_store::storage::backup::read(path).with_context(|| {
+            format!("--restore {}: not a readable ipkeep backup", path.display())
+        })?;
+        return Ok(Some(FirstTask {
+            done: format!("restored {} records from {}", records.len(), path.display()),
+            command: Command::Restore { records },
+            required: true,
+        }));
+    }
+    Ok(args.default_subnet.spec().map(|spec| FirstTask {
+        done: format!("created the default subnet {} ({})", spec.name, spec.cidr),
+        command: Command::CreateSubnet { spec },
+        required: false,
+    }))
+}
+
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let secret = match &args.cluster_secret_file {
         Some(path) => Some(ClusterSecret::load(path).map_err(anyhow::Error::msg)?),
@@ -87,6 +108,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let (log_store, state_machine) = storage::open(&args.data_dir, &options)?;
     let machine = state_machine.shared();
     let log_sync = log_store.clone();
+    let log_view = log_store.clone();
     let network = PeerNetwork {
         secret: secret.clone(),
         my_id: args.node_id,
@@ -108,6 +130,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         machine,
         write_timeout: args.write_timeout_ms,
         peers: secret.clone().map(|s| PeerPool::new(s, args.node_id)),
+        log: log_view,
+        metrics: Default::default(),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -129,12 +153,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         &formation(&args),
         &listen,
         &args.data_dir,
-        args.default_subnet.spec(),
+        first_task(&args)?,
     )
     .await?;
 
     let server = ApiServer::bind(&args.socket).await?;
     let expiring = tokio::spawn(crate::expiry::run(node.clone(), stop_rx.clone()));
+    let metrics_serving = match &args.metrics_listen {
+        Some(addr) => {
+            let server = MetricsServer::bind(addr).await?;
+            tracing::info!(listen = ?server.local_addr(), "metrics at /metrics");
+            Some(tokio::spawn(server.serve(node.clone(), stop_rx.clone())))
+        }
+        None => None,
+    };
     let serving = tokio::spawn(server.serve(node.clone(), stop_rx));
     tracing::info!(
         node_id = node.id,
@@ -152,6 +184,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = serving.await;
     let _ = expiring.await;
+    if let Some(m) = metrics_serving {
+        let _ = m.await;
+    }
     if let Some(peer_serving) = peer_serving {
         let _ = peer_serving.await;
     }

@@ -6,6 +6,8 @@ pub mod bootstrap;
 pub mod config;
 pub mod daemon;
 pub mod expiry;
+pub mod metrics;
+pub mod metrics_server;
 pub mod network;
 pub mod node;
 pub mod peer;

@@ -8,12 +8,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ipkeep_api::message::{MemberInfo, NodeStatus};
 use ipkeep_api::{code, ApiError};
-use ipkeep_store::storage::SharedMachine;
+use ipkeep_store::storage::{LogStore, SharedMachine};
 use ipkeep_store::types::{PeerNode, Raft};
 use ipkeep_store::{Command, Reply};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState};
 
+use crate::metrics::Metrics;
 use crate::peer::pool::PeerPool;
 use crate::peer::wire::{Committed, ForwardError, MembershipChange, PeerRequest, PeerResponse};
 
@@ -34,6 +35,9 @@ pub struct Node {
     /// Connections to other nodes; None when the node has no cluster secret
     /// (it then runs a single-node cluster).
     pub peers: Option<PeerPool>,
+    /// The log, for the commit index the metrics show.
+    pub log: LogStore,
+    pub metrics: Metrics,
 }
 
 pub fn now_ms() -> u64 {
@@ -401,6 +405,10 @@ impl Node {
                 }
             })
             .collect()
+    }
+
+    pub fn committed_index(&self) -> Option<u64> {
+        self.log.committed_index()
     }
 
     pub fn status(&self) -> NodeStatus {

@@ -9,6 +9,7 @@ use ipkeep_api::message::{
 use ipkeep_api::model::AttachmentKey;
 use ipkeep_api::names::{check_cni_identifier, check_ifname, check_object_name};
 use ipkeep_api::{code, ApiError};
+use ipkeep_store::storage::backup;
 use ipkeep_store::subnet::settle;
 use ipkeep_store::{Command, Reply};
 
@@ -58,6 +59,11 @@ pub async fn handle(node: &Node, request: Request) -> Response {
         Request::Gc(req) => gc(node, req).await,
         Request::Ready(req) => ready(node, req).await,
         Request::NodeStatus => Ok(Response::NodeStatus(node.status())),
+        Request::SnapshotSave => {
+            let bytes = backup::encode(&node.machine.read());
+            tracing::info!(bytes = bytes.len(), "backup taken");
+            Ok(Response::Backup(bytes))
+        }
         Request::SubnetCreate(spec) => {
             // Settled here too, so a bad spec is refused before it reaches the log.
             match settle(&spec) {

@@ -69,6 +69,11 @@ pub enum Command {
         name: String,
     },
     /// Frees the idle bindings whose TTL has passed at `at_ms`.
+    /// Load a backup (`ipkeepctl snapshot save`) into a new, empty cluster:
+    /// every record as the backup holds it.
+    Restore {
+        records: Vec<(Vec<u8>, Vec<u8>)>,
+    },
     ExpireBindings {
         at_ms: u64,
     },

@@ -83,6 +83,12 @@ impl State {
     /// records that contradict each other (an address in two places, an
     /// object in a subnet that does not exist): those mean the store is
     /// damaged, and serving from it could hand out an address twice.
+    /// No subnet, hence nothing at all (every other object lives in one),
+    /// except tombstones and history, which a backup may replace.
+    pub fn is_empty(&self) -> bool {
+        self.subnets.is_empty() && self.allocations.is_empty() && self.bindings.is_empty()
+    }
+
     pub fn from_records(records: impl IntoIterator<Item = Record>) -> Result<State, RecordError> {
         let mut state = State::default();
         let (

@@ -8,7 +8,7 @@ use ipkeep_api::ApiError;
 
 use crate::command::Reply;
 use crate::pool;
-use crate::records::Change;
+use crate::records::{Change, Record};
 use crate::state::State;
 use crate::subnet::{
     addr_to_u128, check_dns, check_mtu, check_namespace, check_routes, check_sticky, settle,
@@ -155,6 +155,31 @@ impl State {
             self.remove_reservation(start, journal);
         }
         self.remove_subnet(name, journal);
+        Ok(Reply::Done)
+    }
+
+    /// Replaces an empty state with a backup's records, checked the way a
+    /// daemon checks its own store at start: a backup that contradicts
+    /// itself is refused whole.
+    pub(super) fn restore(
+        &mut self,
+        records: &[(Vec<u8>, Vec<u8>)],
+        journal: &mut Vec<Change>,
+    ) -> Result<Reply, ApiError> {
+        if !self.is_empty() {
+            return Err(ApiError::conflict(
+                "the cluster already has subnets or allocations; restore a backup into a new cluster",
+            ));
+        }
+        let decoded: Result<Vec<Record>, _> =
+            records.iter().map(|(k, v)| Record::decode(k, v)).collect();
+        let restored = decoded
+            .and_then(State::from_records)
+            .map_err(|e| ApiError::invalid("backup", e.to_string()))?;
+        // Whatever an empty cluster had (tombstones, history) goes first.
+        journal.extend(self.records().map(|r| Change::Delete(r.key())));
+        journal.extend(restored.records().map(|r| r.to_change()));
+        *self = restored;
         Ok(Reply::Done)
     }
 

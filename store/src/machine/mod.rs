@@ -56,6 +56,7 @@ impl State {
             Command::ReleaseBinding { namespace, name } => {
                 self.release_binding(namespace, name, journal)
             }
+            Command::Restore { records } => self.restore(records, journal),
             Command::ExpireBindings { at_ms } => {
                 Ok(Reply::Expired(self.expire_bindings(*at_ms, journal)))
             }

@@ -54,6 +54,9 @@ struct Inner {
     log: sled::Tree,
     meta: sled::Tree,
     flusher: Flusher,
+    /// The committed index openraft last reported, plus one (0: none), for
+    /// the metrics.
+    committed: std::sync::atomic::AtomicU64,
 }
 
 /// openraft's log storage. Cloning is cheap; clones share one store.
@@ -73,6 +76,7 @@ impl LogStore {
                 log,
                 meta,
                 flusher,
+                committed: std::sync::atomic::AtomicU64::new(0),
             }),
         })
     }
@@ -83,6 +87,18 @@ impl LogStore {
 
     /// Flushes everything written so far (log and state) to disk; for a
     /// clean shutdown.
+    /// The index of the last entry this node knows committed.
+    pub fn committed_index(&self) -> Option<u64> {
+        match self
+            .inner
+            .committed
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            0 => None,
+            n => Some(n - 1),
+        }
+    }
+
     pub fn sync(&self) -> std::io::Result<()> {
         self.flush().map_err(std::io::Error::other)
     }
@@ -179,6 +195,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        if let Some(c) = committed {
+            self.inner
+                .committed
+                .store(c.index + 1, std::sync::atomic::Ordering::Relaxed);
+        }
         // Not flushed: it only lets a restarted node re-apply sooner.
         let bytes = encode(&committed).map_err(|e| StorageIOError::write(&e))?;
         self.inner

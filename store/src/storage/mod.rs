@@ -20,6 +20,7 @@
 // helpers here return what the traits return.
 #![allow(clippy::result_large_err)]
 
+pub mod backup;
 mod flusher;
 mod log_store;
 mod snapshot_file;
