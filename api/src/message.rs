@@ -25,8 +25,11 @@ pub enum Request {
     Gc(GcRequest),
     /// CNI STATUS: can the cluster commit an ADD for these subnets now?
     Ready(ReadyRequest),
-    /// `ipkeepctl status`.
+    /// `ipkeepctl status`: this node's view alone.
     NodeStatus,
+    /// `ipkeepctl status`: this node's view and every member's, asked
+    /// over the peer network.
+    ClusterStatus,
     SubnetCreate(SubnetSpec),
     SubnetList,
     SubnetShow {
@@ -105,6 +108,7 @@ pub enum Response {
     Collected(GcResult),
     Ready,
     NodeStatus(NodeStatus),
+    ClusterStatus(ClusterStatus),
     Subnet(SubnetInfo),
     Subnets(Vec<SubnetInfo>),
     SubnetDeleted,
@@ -132,6 +136,7 @@ impl Response {
             Response::Collected(_) => "Collected",
             Response::Ready => "Ready",
             Response::NodeStatus(_) => "NodeStatus",
+            Response::ClusterStatus(_) => "ClusterStatus",
             Response::Subnet(_) => "Subnet",
             Response::Subnets(_) => "Subnets",
             Response::SubnetDeleted => "SubnetDeleted",
@@ -312,6 +317,28 @@ pub struct NodeStatus {
     pub purged_index: Option<u64>,
     pub voters: Vec<u64>,
     pub learners: Vec<u64>,
+}
+
+/// The cluster as one node sees it, with every member asked directly.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub this: NodeStatus,
+    pub members: Vec<MemberHealth>,
+}
+
+/// One member's health: whether it answered, and how far behind it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberHealth {
+    pub id: u64,
+    pub addr: String,
+    /// "voter" or "learner".
+    pub role: String,
+    /// Its own answer; None when it could not be reached.
+    pub status: Option<NodeStatus>,
+    /// Why it could not be reached.
+    pub error: Option<String>,
+    /// Entries it has yet to apply, against the longest log any member reported.
+    pub lag: Option<u64>,
 }
 
 /// One member of the cluster, as `ipkeepctl member list` shows it.

@@ -2,7 +2,7 @@
 
 use clap::Subcommand;
 use ipkeep_api::expect_response;
-use ipkeep_api::message::{MemberInfo, NodeStatus, Request, Response};
+use ipkeep_api::message::{MemberHealth, MemberInfo, NodeStatus, Request, Response};
 
 use crate::session::Session;
 use crate::table::Table;
@@ -75,8 +75,51 @@ fn status_table(s: &NodeStatus) -> String {
     )
 }
 
+/// This node's view, then every member as it answers for itself.
 pub fn status(session: &mut Session) -> anyhow::Result<()> {
-    let response = session.read(Request::NodeStatus)?;
-    let status = expect_response!(response, Response::NodeStatus(s) => s, "NodeStatus")?;
-    session.print(&status, || status_table(&status))
+    let response = session.read(Request::ClusterStatus)?;
+    let cluster = expect_response!(response, Response::ClusterStatus(s) => s, "ClusterStatus")?;
+    // JSON: this node's fields at the top level (as before), plus members.
+    let mut json = serde_json::to_value(&cluster.this)?;
+    json["members"] = serde_json::to_value(&cluster.members)?;
+    session.print(&json, || {
+        format!(
+            "{}\n{}",
+            status_table(&cluster.this),
+            health_table(&cluster.members)
+        )
+    })
 }
+
+fn health_table(members: &[MemberHealth]) -> String {
+    let mut t = Table::new(&[
+        "ID", "ADDRESS", "ROLE", "STATE", "TERM", "APPLIED", "LAG", "HEALTH",
+    ]);
+    let opt = |v: Option<u64>| v.map(|i| i.to_string()).unwrap_or_else(|| "-".into());
+    for m in members {
+        let (state, term, applied) = match &m.status {
+            Some(s) => (s.role.clone(), s.term.to_string(), opt(s.last_applied)),
+            None => ("-".into(), "-".into(), "-".into()),
+        };
+        let health = match (&m.status, &m.error) {
+            (Some(_), _) if m.lag.unwrap_or(0) > LAGGING => "behind".to_owned(),
+            (Some(_), _) => "ok".to_owned(),
+            (None, Some(e)) => format!("unreachable: {e}"),
+            (None, None) => "unreachable".to_owned(),
+        };
+        t.row(vec![
+            m.id.to_string(),
+            m.addr.clone(),
+            m.role.clone(),
+            state,
+            term,
+            applied,
+            opt(m.lag),
+            health,
+        ]);
+    }
+    t.render()
+}
+
+/// More entries than this still to apply: shown as behind.
+const LAGGING: u64 = 1_000;

@@ -7,7 +7,8 @@ use clap::{Args, Subcommand};
 use ipkeep_api::expect_response;
 use ipkeep_api::message::{Request, Response};
 use ipkeep_api::model::{
-    Dns, GatewaySpec, IpRange, Route, Sticky, SubnetInfo, SubnetSpec, SubnetUpdate, Tenancy,
+    Dns, GatewaySpec, IpRange, PoolInfo, Route, Sticky, SubnetInfo, SubnetSpec, SubnetUpdate,
+    Tenancy,
 };
 use ipnet::IpNet;
 
@@ -225,6 +226,39 @@ pub fn detail(s: &SubnetInfo) -> String {
     out
 }
 
+/// A subnet at a glance: its settings, its addresses by state, and its use
+/// per pool and per namespace.
+fn show(session: &mut Session, name: String) -> anyhow::Result<()> {
+    let response = session.read(Request::SubnetShow { name: name.clone() })?;
+    let info = expect_response!(response, Response::Subnet(s) => s, "Subnet")?;
+    let response = session.read(Request::PoolList)?;
+    let pools: Vec<PoolInfo> = expect_response!(response, Response::Pools(p) => p, "Pools")?
+        .into_iter()
+        .filter(|p| p.pool.subnet == name)
+        .collect();
+    let mut json = serde_json::to_value(&info)?;
+    json["pools"] = serde_json::to_value(&pools)?;
+    session.print(&json, || {
+        let mut out = detail(&info);
+        if !pools.is_empty() {
+            let mut t = Table::new(&["POOL", "SIZE", "HELD", "KEPT", "FREE", "SELECTS"]);
+            for p in &pools {
+                t.row(vec![
+                    p.pool.name.clone(),
+                    p.usage.size.to_string(),
+                    p.usage.held.to_string(),
+                    p.usage.bound_idle.to_string(),
+                    p.usage.free.to_string(),
+                    p.pool.selector.to_string(),
+                ]);
+            }
+            out.push('\n');
+            out.push_str(&t.render());
+        }
+        out
+    })
+}
+
 pub fn run(session: &mut Session, command: SubnetCommand) -> anyhow::Result<()> {
     let response = match command {
         SubnetCommand::Create(c) => {
@@ -254,7 +288,7 @@ pub fn run(session: &mut Session, command: SubnetCommand) -> anyhow::Result<()> 
             let subnets = expect_response!(response, Response::Subnets(s) => s, "Subnets")?;
             return session.print(&subnets, || table(&subnets));
         }
-        SubnetCommand::Show { name } => session.read(Request::SubnetShow { name })?,
+        SubnetCommand::Show { name } => return show(session, name),
         SubnetCommand::Update(u) => {
             let s = &u.settings;
             let mut quotas: Vec<(String, Option<u64>)> = s

@@ -193,6 +193,49 @@ fn status_shows_the_node_and_its_raft_state() {
 }
 
 #[test]
+fn subnet_show_gives_use_per_pool_and_namespace() {
+    let d = daemon();
+    let s = d.socket();
+    let out = ctl(
+        &s,
+        &[
+            "pool",
+            "create",
+            "web",
+            "--subnet",
+            "pods",
+            "--addresses",
+            "10.120.0.50-10.120.0.59",
+            "--pods",
+            "web-*",
+        ],
+    );
+    assert!(out.ok(), "{}", out.stderr);
+    let conf = ipam_only_conf(
+        "1.0.0",
+        "n",
+        ipam(json!("pods"), &s, &d.scratch().join("plugin.log")),
+    );
+    for (cid, pod) in [("w0", "web-0"), ("x0", "other")] {
+        let out = CniCall::ipkeep("ADD")
+            .attachment(cid, "eth0", "/run/netns/x")
+            .args(&format!("K8S_POD_NAMESPACE=shop;K8S_POD_NAME={pod}"))
+            .stdin(&conf)
+            .run();
+        assert!(out.ok(), "{}", out.stdout);
+    }
+    let json = ctl(&s, &["subnet", "show", "pods", "-o", "json"]).json();
+    assert_eq!(json["usage"]["held"], 2);
+    assert_eq!(json["usage"]["pooled"], 10);
+    assert_eq!(json["by_namespace"]["shop"], 2);
+    assert_eq!(json["pools"][0]["pool"]["name"], "web");
+    assert_eq!(json["pools"][0]["usage"]["held"], 1);
+    let table = ctl(&s, &["subnet", "show", "pods"]).stdout;
+    assert!(table.contains("POOL") && table.contains("web-*"), "{table}");
+    assert!(table.contains("shop=2"), "{table}");
+}
+
+#[test]
 fn no_daemon_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let out = ctl(&dir.path().join("none.sock"), &["status"]);

@@ -258,3 +258,61 @@ fn a_peer_without_the_secret_is_refused_and_changes_nothing() {
     );
     assert!(add(&c, 2, "still-fine").ok());
 }
+
+/// `ipkeepctl status` on any node asks every member directly: each one's
+/// role, term and applied index, its lag, and which cannot be reached.
+#[test]
+fn status_shows_every_members_health_from_any_node() {
+    let (_dir, mut c) = cluster(3, ClusterOptions::default());
+    let leader = c.wait_for_leader(Duration::from_secs(30));
+    let follower = c.ids().into_iter().find(|n| *n != leader).unwrap();
+    assert!(add(&c, leader, "s1").ok());
+    let status = wait::until("every member answering", Duration::from_secs(20), || {
+        let s = c.ctl(follower, &["status", "-o", "json"]).json();
+        let members = s["members"].as_array()?.clone();
+        members
+            .iter()
+            .all(|m| m["status"].is_object() && m["lag"] == 0)
+            .then_some(s)
+    });
+    assert_eq!(
+        status["node_id"], follower,
+        "this node's own fields stay at the top"
+    );
+    let members = status["members"].as_array().unwrap();
+    assert_eq!(members.len(), 3);
+    let leaders: Vec<u64> = members
+        .iter()
+        .filter(|m| m["status"]["role"] == "Leader")
+        .map(|m| m["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(leaders, vec![leader]);
+
+    // A member that is down shows as unreachable; the others still answer.
+    let down = c
+        .ids()
+        .into_iter()
+        .find(|n| *n != leader && *n != follower)
+        .unwrap();
+    c.kill9(down);
+    let out = c.ctl(follower, &["status"]);
+    assert!(out.ok(), "{}", out.stderr);
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with(&down.to_string()) && l.contains(':'))
+        .unwrap_or_else(|| panic!("no line for node {down}:\n{}", out.stdout));
+    assert!(line.contains("unreachable"), "{line}");
+    let s = c.ctl(follower, &["status", "-o", "json"]).json();
+    let dead = s["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == down)
+        .unwrap()
+        .clone();
+    assert!(
+        dead["status"].is_null() && dead["error"].is_string(),
+        "{dead}"
+    );
+}

@@ -192,6 +192,7 @@ fn request_kind(request: &Request) -> &'static str {
         Request::Gc(_) => "gc",
         Request::Ready(_) => "ready",
         Request::NodeStatus => "status",
+        Request::ClusterStatus => "cluster-status",
         Request::SnapshotSave => "snapshot-save",
         Request::SubnetCreate(_) => "subnet-create",
         Request::SubnetList => "subnet-list",

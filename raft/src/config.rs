@@ -92,11 +92,16 @@ pub struct Args {
     #[arg(long, default_value_t = 64)]
     pub cache_mib: u64,
 
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    /// Log lines as text or as JSON objects (one per line).
+    #[arg(long, env = "IPKEEP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
     /// Log filter (tracing's env-filter syntax); RUST_LOG overrides it.
-    #[arg(long, default_value = "info,openraft=warn,sled=warn")]
+    #[arg(
+        long,
+        env = "IPKEEP_LOG_LEVEL",
+        default_value = "info,openraft=warn,sled=warn"
+    )]
     pub log_level: String,
 
     /// Development mode: state in ./ipkeep-dev and the socket at

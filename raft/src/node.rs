@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::future::Future;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ipkeep_api::message::{MemberInfo, NodeStatus};
+use ipkeep_api::message::{ClusterStatus, MemberHealth, MemberInfo, NodeStatus};
 use ipkeep_api::{code, ApiError};
 use ipkeep_store::storage::{LogStore, SharedMachine};
 use ipkeep_store::types::{PeerNode, Raft};
@@ -39,6 +39,9 @@ pub struct Node {
     pub log: LogStore,
     pub metrics: Metrics,
 }
+
+/// How long `ipkeepctl status` waits for each member.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub fn now_ms() -> u64 {
     now_us() / 1000
@@ -405,6 +408,71 @@ impl Node {
                 }
             })
             .collect()
+    }
+
+    /// Every member asked for its own status over the peer network, at
+    /// once, each within a second: who answers, and how far behind it is.
+    pub async fn cluster_status(&self) -> ClusterStatus {
+        let this = self.status();
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership().clone();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let asks = membership.nodes().map(|(id, peer)| {
+            let (id, addr) = (*id, peer.addr.clone());
+            let this = &this;
+            async move {
+                let answer = if id == self.id {
+                    Ok(this.clone())
+                } else if let Some(peers) = &self.peers {
+                    match peers
+                        .call(&addr, &PeerRequest::Status, STATUS_TIMEOUT)
+                        .await
+                    {
+                        Ok(PeerResponse::Status(s)) => Ok(s),
+                        Ok(_) => Err("answered something else".to_owned()),
+                        Err(e) => Err(e.to_string()),
+                    }
+                } else {
+                    Err("no cluster secret on this node".to_owned())
+                };
+                (id, addr, answer)
+            }
+        });
+        let answers = futures_util::future::join_all(asks).await;
+        let longest = answers
+            .iter()
+            .filter_map(|(_, _, a)| a.as_ref().ok().and_then(|s| s.last_log_index))
+            .max();
+        let members = answers
+            .into_iter()
+            .map(|(id, addr, answer)| {
+                let role = if voters.contains(&id) {
+                    "voter"
+                } else {
+                    "learner"
+                }
+                .to_owned();
+                match answer {
+                    Ok(status) => MemberHealth {
+                        id,
+                        addr,
+                        role,
+                        lag: longest.map(|l| l.saturating_sub(status.last_applied.unwrap_or(0))),
+                        status: Some(status),
+                        error: None,
+                    },
+                    Err(e) => MemberHealth {
+                        id,
+                        addr,
+                        role,
+                        status: None,
+                        error: Some(e),
+                        lag: None,
+                    },
+                }
+            })
+            .collect();
+        ClusterStatus { this, members }
     }
 
     pub fn committed_index(&self) -> Option<u64> {

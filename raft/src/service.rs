@@ -59,6 +59,7 @@ pub async fn handle(node: &Node, request: Request) -> Response {
         Request::Gc(req) => gc(node, req).await,
         Request::Ready(req) => ready(node, req).await,
         Request::NodeStatus => Ok(Response::NodeStatus(node.status())),
+        Request::ClusterStatus => Ok(Response::ClusterStatus(node.cluster_status().await)),
         Request::SnapshotSave => {
             let bytes = backup::encode(&node.machine.read());
             tracing::info!(bytes = bytes.len(), "backup taken");

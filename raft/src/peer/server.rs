@@ -99,5 +99,6 @@ async fn handle(node: &Node, request: PeerRequest) -> PeerResponse {
         PeerRequest::Membership(change) => {
             PeerResponse::Membership(node.membership_here(change).await)
         }
+        PeerRequest::Status => PeerResponse::Status(node.status()),
     }
 }

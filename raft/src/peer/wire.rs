@@ -1,5 +1,6 @@
 //! The messages nodes send each other.
 
+use ipkeep_api::message::NodeStatus;
 use ipkeep_api::ApiError;
 use ipkeep_store::types::{NodeId, TypeConfig};
 use ipkeep_store::{Command, Reply};
@@ -21,6 +22,8 @@ pub enum PeerRequest {
     ReadIndex,
     /// A membership change forwarded to the leader.
     Membership(MembershipChange),
+    /// The node's own view (`ipkeepctl status` asks every member).
+    Status,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,4 +59,5 @@ pub enum PeerResponse {
     Proposed(Result<Committed, ForwardError>),
     ReadIndex(Result<u64, ForwardError>),
     Membership(Result<(), ForwardError>),
+    Status(NodeStatus),
 }
