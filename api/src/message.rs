@@ -91,6 +91,17 @@ pub enum Request {
     MemberRemove {
         id: u64,
     },
+    /// The attachments of this node whose network namespace is gone: what
+    /// its reconciler will release, and when.
+    IpLeaks,
+    /// A node gone for good: release every attachment it held, and remove
+    /// it from the members when `member` names its id. Refused while the
+    /// node answers, unless forced.
+    NodeForget {
+        name: String,
+        member: Option<u64>,
+        force: bool,
+    },
     /// A backup of the whole state, as this node has applied it (wrap it in
     /// Linearize for everything committed).
     SnapshotSave,
@@ -119,6 +130,8 @@ pub enum Response {
     Pool(PoolInfo),
     Pools(Vec<PoolInfo>),
     Bindings(Vec<Binding>),
+    Leaks(LeakReport),
+    Forgotten(ForgetResult),
     /// A backup file's bytes (the snapshot format: checksummed records).
     Backup(Vec<u8>),
     /// A change that answers nothing more than that it was made.
@@ -148,6 +161,8 @@ impl Response {
             Response::Pools(_) => "Pools",
             Response::Bindings(_) => "Bindings",
             Response::Backup(_) => "Backup",
+            Response::Leaks(_) => "Leaks",
+            Response::Forgotten(_) => "Forgotten",
             Response::Done => "Done",
             Response::Error(_) => "Error",
         }
@@ -317,6 +332,37 @@ pub struct NodeStatus {
     pub purged_index: Option<u64>,
     pub voters: Vec<u64>,
     pub learners: Vec<u64>,
+}
+
+/// What a node's reconciler suspects.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeakReport {
+    pub node: String,
+    /// "on" (releases after the grace period), "report" (only lists), "off".
+    pub mode: String,
+    pub grace_ms: u64,
+    pub suspects: Vec<LeakSuspect>,
+}
+
+/// An attachment of this node whose namespace is gone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeakSuspect {
+    pub key: AttachmentKey,
+    pub addresses: Vec<IpAddr>,
+    pub pod: PodRef,
+    pub netns: String,
+    pub reason: String,
+    /// When the reconciler first found the namespace gone (ms since the epoch).
+    pub missing_since_ms: u64,
+    /// When it will be released; None when the reconciler only reports.
+    pub release_at_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForgetResult {
+    pub released: Vec<(AttachmentKey, Vec<IpAddr>)>,
+    /// The member removed from the cluster, if one was named.
+    pub removed_member: Option<u64>,
 }
 
 /// The cluster as one node sees it, with every member asked directly.

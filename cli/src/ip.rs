@@ -34,6 +34,9 @@ pub enum IpCommand {
     },
     /// The reservations.
     Reservations,
+    /// Attachments of this node whose network namespace is gone: the
+    /// reconciler's suspects, why, and when each will be released.
+    Leaks,
 }
 
 #[derive(Debug, Args)]
@@ -169,6 +172,46 @@ pub fn run(session: &mut Session, command: IpCommand) -> anyhow::Result<()> {
                 &serde_json::json!({"unreserved": range.to_string()}),
                 || format!("{range} unreserved\n"),
             )
+        }
+        IpCommand::Leaks => {
+            let response = session.call(&Request::IpLeaks)?;
+            let report = expect_response!(response, Response::Leaks(r) => r, "Leaks")?;
+            session.print(&report, || {
+                let mut t = Table::new(&[
+                    "ADDRESSES",
+                    "POD",
+                    "CONTAINER",
+                    "IFNAME",
+                    "MISSING SINCE",
+                    "RELEASE AT",
+                    "REASON",
+                ]);
+                for l in &report.suspects {
+                    t.row(vec![
+                        l.addresses
+                            .iter()
+                            .map(IpAddr::to_string)
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        l.pod.to_string(),
+                        l.key.container_id.chars().take(12).collect(),
+                        l.key.ifname.clone(),
+                        utc(l.missing_since_ms),
+                        l.release_at_ms
+                            .map(utc)
+                            .unwrap_or_else(|| "never (report only)".into()),
+                        l.reason.clone(),
+                    ]);
+                }
+                format!(
+                    "node {}: reconciler {}, grace {} s, {} suspect(s)\n{}",
+                    report.node,
+                    report.mode,
+                    report.grace_ms / 1000,
+                    report.suspects.len(),
+                    t.render()
+                )
+            })
         }
         IpCommand::Reservations => {
             let response = session.read(Request::IpReservations)?;

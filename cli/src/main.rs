@@ -3,6 +3,7 @@
 
 mod ip;
 mod member;
+mod node;
 mod parse;
 mod pool;
 mod session;
@@ -64,6 +65,9 @@ enum Command {
     /// Cluster members: list, add (as learner), promote, remove.
     #[command(subcommand)]
     Member(member::MemberCommand),
+    /// Nodes gone for good: forget them and release what they held.
+    #[command(subcommand)]
+    Node(node::NodeCommand),
     /// Backups of the cluster's state.
     #[command(subcommand)]
     Snapshot(snapshot::SnapshotCommand),
@@ -85,6 +89,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Binding(c) => pool::run_binding(&mut session, c),
         Command::Member(c) => member::run(&mut session, c),
         Command::Snapshot(c) => snapshot::run(&mut session, c),
+        Command::Node(c) => node::run(&mut session, c),
     }
 }
 

@@ -33,6 +33,9 @@ pub struct ClusterOptions {
     /// A backup the first member seeds the new cluster with (`--restore`);
     /// `subnet` then only names a subnet the backup holds.
     pub restore: Option<PathBuf>,
+    /// Run each node's leak reconciler. Off by default: the workloads use
+    /// namespace paths that do not exist, which it would rightly release.
+    pub reconcile: bool,
 }
 
 impl Default for ClusterOptions {
@@ -44,6 +47,7 @@ impl Default for ClusterOptions {
             snapshot_every: 500,
             keep_logs: 50,
             restore: None,
+            reconcile: false,
         }
     }
 }
@@ -235,6 +239,7 @@ impl Cluster {
             .args(["--write-timeout-ms", &options.write_timeout_ms.to_string()])
             .args(["--snapshot-every", &options.snapshot_every.to_string()])
             .args(["--keep-logs", &options.keep_logs.to_string()])
+            .args(["--reconcile", if options.reconcile { "on" } else { "off" }])
             .env("RUST_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -193,6 +193,8 @@ fn request_kind(request: &Request) -> &'static str {
         Request::Ready(_) => "ready",
         Request::NodeStatus => "status",
         Request::ClusterStatus => "cluster-status",
+        Request::IpLeaks => "ip-leaks",
+        Request::NodeForget { .. } => "node-forget",
         Request::SnapshotSave => "snapshot-save",
         Request::SubnetCreate(_) => "subnet-create",
         Request::SubnetList => "subnet-list",

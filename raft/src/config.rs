@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::reconciler::ReconcileMode;
 use clap::{Parser, ValueEnum};
 use ipkeep_api::model::{Dns, GatewaySpec, SubnetSpec};
 use ipnet::IpNet;
@@ -68,6 +69,21 @@ pub struct Args {
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:7472).
     #[arg(long, env = "IPKEEP_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<String>,
+
+    /// What the leak reconciler does with attachments of this node whose
+    /// network namespace is gone: release them after --leak-grace (on), only
+    /// list them in `ipkeepctl ip leaks` (report), or nothing (off).
+    #[arg(long, env = "IPKEEP_RECONCILE", value_enum, default_value_t = ReconcileMode::On)]
+    pub reconcile: ReconcileMode,
+
+    /// How long a namespace must be gone before its addresses are released
+    /// (e.g. 300s, 5m).
+    #[arg(long, env = "IPKEEP_LEAK_GRACE", default_value = "5m", value_parser = parse_duration)]
+    pub leak_grace: Duration,
+
+    /// How often the reconciler looks.
+    #[arg(long, env = "IPKEEP_RECONCILE_EVERY", default_value = "30s", value_parser = parse_duration)]
+    pub reconcile_every: Duration,
 
     /// Seed a new cluster from a backup (`ipkeepctl snapshot save`): on an
     /// empty data directory, on the single node or the member with the
@@ -225,6 +241,26 @@ fn parse_default_subnet(s: &str) -> Result<DefaultSubnet, String> {
         name: name.to_owned(),
         cidr,
     })
+}
+
+/// `500ms`, `30s`, `5m`, `1h`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 500ms, 30s, 5m, 1h)"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(format!("{s:?}: the unit must be ms, s, m or h")),
+    };
+    if d.is_zero() {
+        return Err("must be above zero".into());
+    }
+    Ok(d)
 }
 
 fn parse_millis(s: &str) -> Result<Duration, String> {

@@ -19,6 +19,7 @@ use crate::node::Node;
 use crate::peer::pool::PeerPool;
 use crate::peer::server::PeerServer;
 use crate::peer::ClusterSecret;
+use crate::reconciler::{Leaks, ReconcileSettings};
 
 fn raft_config(args: &Args) -> anyhow::Result<Config> {
     let config = Config {
@@ -132,6 +133,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         peers: secret.clone().map(|s| PeerPool::new(s, args.node_id)),
         log: log_view,
         metrics: Default::default(),
+        leaks: Leaks::new(ReconcileSettings {
+            mode: args.reconcile,
+            grace: args.leak_grace,
+            every: args.reconcile_every,
+        }),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -159,6 +165,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     let server = ApiServer::bind(&args.socket).await?;
     let expiring = tokio::spawn(crate::expiry::run(node.clone(), stop_rx.clone()));
+    let reconciling = tokio::spawn(crate::reconciler::run(node.clone(), stop_rx.clone()));
     let metrics_serving = match &args.metrics_listen {
         Some(addr) => {
             let server = MetricsServer::bind(addr).await?;
@@ -184,6 +191,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = serving.await;
     let _ = expiring.await;
+    let _ = reconciling.await;
     if let Some(m) = metrics_serving {
         let _ = m.await;
     }

@@ -11,4 +11,5 @@ pub mod metrics_server;
 pub mod network;
 pub mod node;
 pub mod peer;
+pub mod reconciler;
 pub mod service;

@@ -17,6 +17,7 @@ use openraft::{ChangeMembers, ServerState};
 use crate::metrics::Metrics;
 use crate::peer::pool::PeerPool;
 use crate::peer::wire::{Committed, ForwardError, MembershipChange, PeerRequest, PeerResponse};
+use crate::reconciler::Leaks;
 
 /// Most voters a cluster may have: consensus cost grows with every voter,
 /// and five already survive two failures. More nodes join as learners.
@@ -38,6 +39,8 @@ pub struct Node {
     /// The log, for the commit index the metrics show.
     pub log: LogStore,
     pub metrics: Metrics,
+    /// What this node's reconciler suspects of leaking.
+    pub leaks: Leaks,
 }
 
 /// How long `ipkeepctl status` waits for each member.

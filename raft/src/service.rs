@@ -3,8 +3,8 @@
 //! replica.
 
 use ipkeep_api::message::{
-    AddRequest, AddressHistory, CheckRequest, DelRequest, GcRequest, IpListRequest, ReadyRequest,
-    Request, Response, Timing,
+    AddRequest, AddressHistory, CheckRequest, DelRequest, ForgetResult, GcRequest, IpListRequest,
+    ReadyRequest, Request, Response, Timing,
 };
 use ipkeep_api::model::AttachmentKey;
 use ipkeep_api::names::{check_cni_identifier, check_ifname, check_object_name};
@@ -53,6 +53,15 @@ pub async fn handle(node: &Node, request: Request) -> Response {
             .change_membership(MembershipChange::Remove { id })
             .await
             .map(|_| Response::Members(node.members())),
+        Request::IpLeaks => {
+            crate::reconciler::pass(node, now_ms());
+            Ok(Response::Leaks(node.leaks.report(&node.name)))
+        }
+        Request::NodeForget {
+            name,
+            member,
+            force,
+        } => forget(node, name, member, force).await,
         Request::Add(req) => add(node, req).await,
         Request::Del(req) => del(node, req).await,
         Request::Check(req) => check(node, req),
@@ -282,6 +291,64 @@ async fn gc(node: &Node, request: GcRequest) -> Result<Response, ApiError> {
         Reply::Collected(result) => Ok(Response::Collected(result)),
         other => Err(unexpected(other)),
     }
+}
+
+/// `ipkeepctl node forget`: a node gone for good gives back what it held.
+/// While it still answers (as a member, over the peer network), that is
+/// refused unless forced: a live node's pods still use their addresses.
+async fn forget(
+    node: &Node,
+    name: String,
+    member: Option<u64>,
+    force: bool,
+) -> Result<Response, ApiError> {
+    if name.is_empty() {
+        return Err(ApiError::invalid("node", "is empty"));
+    }
+    if name == node.name {
+        return Err(ApiError::invalid(
+            "node",
+            format!("{name} is the node answering this request; forget it from another node"),
+        ));
+    }
+    if !force {
+        let cluster = node.cluster_status().await;
+        let alive = cluster.members.iter().find(|m| {
+            m.status
+                .as_ref()
+                .is_some_and(|s| s.node_name == name || Some(s.node_id) == member)
+        });
+        if let Some(m) = alive {
+            return Err(ApiError::conflict(format!(
+                "node {name} (member {} at {}) is alive and answering; stop it first, or use --force if its pods are gone too",
+                m.id, m.addr
+            )));
+        }
+    }
+    let command = Command::ForgetNode {
+        node: name.clone(),
+        at_ms: 0,
+        issued_us: now_us(),
+    };
+    let released = match node.propose(command).await? {
+        Reply::Collected(result) => result.released,
+        other => return Err(unexpected(other)),
+    };
+    for (key, addresses) in &released {
+        tracing::info!(node = %name, attachment = %key, ?addresses, "released: node forgotten");
+    }
+    let removed_member = match member {
+        Some(id) => {
+            node.change_membership(MembershipChange::Remove { id })
+                .await?;
+            Some(id)
+        }
+        None => None,
+    };
+    Ok(Response::Forgotten(ForgetResult {
+        released,
+        removed_member,
+    }))
 }
 
 /// CNI STATUS: the cluster can commit, and every subnet set of the network

@@ -69,6 +69,20 @@ pub enum Command {
         name: String,
     },
     /// Frees the idle bindings whose TTL has passed at `at_ms`.
+    /// A node's reconciler found these attachments' namespaces gone for
+    /// longer than the grace period: release each that is still the same
+    /// attachment (held since `since_ms`), keeping sticky bindings.
+    Reclaim {
+        attachments: Vec<(AttachmentKey, u64)>,
+        at_ms: u64,
+        issued_us: u64,
+    },
+    /// A node gone for good: release every attachment it held.
+    ForgetNode {
+        node: String,
+        at_ms: u64,
+        issued_us: u64,
+    },
     /// Load a backup (`ipkeepctl snapshot save`) into a new, empty cluster:
     /// every record as the backup holds it.
     Restore {
@@ -88,6 +102,8 @@ impl Command {
             | Command::Del { at_ms, .. }
             | Command::Gc { at_ms, .. }
             | Command::Reserve { at_ms, .. }
+            | Command::Reclaim { at_ms, .. }
+            | Command::ForgetNode { at_ms, .. }
             | Command::ExpireBindings { at_ms } => *at_ms = now_ms,
             _ => {}
         }

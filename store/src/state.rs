@@ -435,6 +435,12 @@ impl State {
         self.history.of(addr)
     }
 
+    /// Every allocation, in key order (a scan: for the reconciler's periodic
+    /// pass and for forgetting a node, not for a plugin's request).
+    pub fn allocations(&self) -> impl Iterator<Item = &Allocation> {
+        self.allocations.values()
+    }
+
     /// The allocations of one network, found by key range, not by a scan.
     pub fn allocations_of_network<'a>(
         &'a self,

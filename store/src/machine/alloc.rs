@@ -474,4 +474,50 @@ impl State {
         }
         GcResult { released }
     }
+
+    /// Releases what a node's reconciler found leaked. An attachment that
+    /// changed since the reconciler looked (deleted and added again) is left
+    /// alone: only the one it saw goes.
+    pub(super) fn reclaim(
+        &mut self,
+        attachments: &[(AttachmentKey, u64)],
+        at_ms: u64,
+        issued_us: u64,
+        journal: &mut Vec<Change>,
+    ) -> GcResult {
+        let mut released = Vec::new();
+        for (key, since_ms) in attachments {
+            if self.allocation(key).map(|a| a.since_ms) != Some(*since_ms) {
+                continue;
+            }
+            self.bury(key.clone(), issued_us, journal);
+            if let Some(a) = self.release(key, ReleaseReason::Reconciler, at_ms, journal) {
+                released.push((key.clone(), a.addresses.iter().map(|h| h.address).collect()));
+            }
+        }
+        GcResult { released }
+    }
+
+    /// Releases every attachment a node held; bindings and pools stay.
+    pub(super) fn forget_node(
+        &mut self,
+        node: &str,
+        at_ms: u64,
+        issued_us: u64,
+        journal: &mut Vec<Change>,
+    ) -> GcResult {
+        let keys: Vec<AttachmentKey> = self
+            .allocations()
+            .filter(|a| a.node == node)
+            .map(|a| a.key.clone())
+            .collect();
+        let mut released = Vec::new();
+        for key in keys {
+            self.bury(key.clone(), issued_us, journal);
+            if let Some(a) = self.release(&key, ReleaseReason::NodeForgotten, at_ms, journal) {
+                released.push((key, a.addresses.iter().map(|h| h.address).collect()));
+            }
+        }
+        GcResult { released }
+    }
 }

@@ -57,6 +57,23 @@ impl State {
                 self.release_binding(namespace, name, journal)
             }
             Command::Restore { records } => self.restore(records, journal),
+            Command::Reclaim {
+                attachments,
+                at_ms,
+                issued_us,
+            } => Ok(Reply::Collected(self.reclaim(
+                attachments,
+                *at_ms,
+                *issued_us,
+                journal,
+            ))),
+            Command::ForgetNode {
+                node,
+                at_ms,
+                issued_us,
+            } => Ok(Reply::Collected(
+                self.forget_node(node, *at_ms, *issued_us, journal),
+            )),
             Command::ExpireBindings { at_ms } => {
                 Ok(Reply::Expired(self.expire_bindings(*at_ms, journal)))
             }
