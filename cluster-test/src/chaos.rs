@@ -332,6 +332,11 @@ impl Run {
     }
 }
 
+/// How long the chaos cluster's reconcilers wait before releasing a pod
+/// whose namespace vanished, and how often they look.
+const LEAK_GRACE: Duration = Duration::from_secs(3);
+const RECONCILE_EVERY: Duration = Duration::from_millis(500);
+
 /// Runs a whole chaos test and checks it.
 pub fn run(options: ChaosOptions) -> ChaosReport {
     crate::raise_fd_limit();
@@ -341,10 +346,16 @@ pub fn run(options: ChaosOptions) -> ChaosReport {
             nodes: options.nodes,
             subnet: "pods=10.200.0.0/23".into(),
             write_timeout_ms: options.write_timeout_ms,
+            reconcile: Some((
+                format!("{}ms", LEAK_GRACE.as_millis()),
+                format!("{}ms", RECONCILE_EVERY.as_millis()),
+            )),
             ..Default::default()
         },
         &options.out,
     );
+    let netns_dir = options.out.join("netns");
+    std::fs::create_dir_all(&netns_dir).expect("namespace directory");
     // Fixed addresses under fire: a sticky pool for StatefulSet-like pods
     // that move between nodes, and a namespace with a quota.
     let setup = [
@@ -382,6 +393,7 @@ pub fn run(options: ChaosOptions) -> ChaosReport {
             prefix: "sts-".into(),
         }],
         quotas: vec![("capped".into(), 10)],
+        leak_grace_us: Some(LEAK_GRACE.as_micros() as u64),
     };
     let t0 = Instant::now();
     let workload = Workload::start(
@@ -395,6 +407,8 @@ pub fn run(options: ChaosOptions) -> ChaosReport {
             capped_namespace: Some("capped".into()),
             sticky_namespace: "stateful".into(),
             sticky_pods_per_node: 4,
+            netns_dir,
+            vanish_rate: 0.02,
         },
         t0,
         &mut rng,
@@ -427,10 +441,37 @@ pub fn run(options: ChaosOptions) -> ChaosReport {
             .push("no leader after all faults were undone".into());
     }
     std::thread::sleep(Duration::from_secs(2));
-    run.history.ops = workload.stop();
+    (run.history.ops, run.history.vanished) = workload.stop();
+    // Leaks are released a grace period after they are noticed: give the
+    // reconcilers that long (and a little) before looking at the end state.
+    let vanished: std::collections::BTreeSet<&str> = run
+        .history
+        .vanished
+        .iter()
+        .map(|v| v.cid.as_str())
+        .collect();
+    let reclaim_limit = LEAK_GRACE + RECONCILE_EVERY * 4 + Duration::from_secs(30);
+    let deadline = Instant::now() + reclaim_limit;
+    while Instant::now() < deadline {
+        let leaking = run
+            .cluster
+            .final_states()
+            .iter()
+            .any(|f| f.held.keys().any(|cid| vanished.contains(cid.as_str())));
+        if !leaking {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
     if !run.cluster.wait_converged(Duration::from_secs(60)) {
         run.problems
             .push("the nodes did not converge on one applied index within 60 s".into());
+    }
+    for (id, why) in run.cluster.silent_nodes() {
+        run.problems.push(format!(
+            "node {id} does not serve at the end ({why}); its log ends:\n{}",
+            run.cluster.log_tail(id, 5)
+        ));
     }
     let finals = run.cluster.final_states();
     let bound_us = (options.write_timeout_ms + 2000) * 1000;
@@ -535,6 +576,12 @@ fn summarize(
         .map(|o| o.end - o.start)
         .max()
         .unwrap_or(0);
+    let _ = writeln!(
+        s,
+        "leaks: {} pods lost their namespace without a DEL (reconciler grace {:.1} s)",
+        history.vanished.len(),
+        LEAK_GRACE.as_secs_f64()
+    );
     let _ = writeln!(
         s,
         "minority windows: {}, calls answered inside them: {} (bound {:.1} s, slowest {:.2} s)",

@@ -14,7 +14,10 @@
 //! (e) a sticky pod always got its own address, on whichever node it ran;
 //! (f) a pool's addresses went only to the pods it selects, and those pods
 //!     only got addresses of their pool;
-//! (g) no namespace held more addresses at once than its quota.
+//! (g) no namespace held more addresses at once than its quota;
+//! (h) nothing leaked: a pod whose namespace vanished without a DEL was
+//!     released by its node's reconciler by the end, and not before the
+//!     grace period (its address stays its own until then, for (a)).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -84,6 +87,10 @@ pub enum Violation {
         limit: u64,
         at_us: u64,
     },
+    Leaked {
+        cid: String,
+        node: u64,
+    },
 }
 
 /// A pool as the checker sees it: an address range for the pods of one
@@ -102,6 +109,8 @@ pub struct Expectations {
     pub sticky_namespaces: Vec<String>,
     pub pools: Vec<PoolRule>,
     pub quotas: Vec<(String, u64)>,
+    /// The reconcilers' grace period, when they run.
+    pub leak_grace_us: Option<u64>,
 }
 
 impl fmt::Display for Violation {
@@ -203,6 +212,10 @@ impl fmt::Display for Violation {
                 "(g) namespace {namespace} held {held} addresses at {:.3} s, its quota is {limit}",
                 *at_us as f64 / 1e6
             ),
+            Violation::Leaked { cid, node } => write!(
+                f,
+                "(h) {cid}'s namespace vanished without a DEL, yet node {node} still holds it at the end"
+            ),
         }
     }
 }
@@ -217,7 +230,18 @@ struct Holding {
     until: Option<u64>,
 }
 
-fn holdings(history: &History, violations: &mut Vec<Violation>) -> Vec<Holding> {
+fn holdings(
+    history: &History,
+    leak_grace_us: Option<u64>,
+    violations: &mut Vec<Violation>,
+) -> Vec<Holding> {
+    // A vanished pod holds its address until its reconciler may release it:
+    // no earlier than the grace period after the namespace went.
+    let vanished: BTreeMap<&str, u64> = history
+        .vanished
+        .iter()
+        .map(|v| (v.cid.as_str(), v.at + leak_grace_us.unwrap_or(0)))
+        .collect();
     let mut by_cid: BTreeMap<&str, Vec<&Op>> = BTreeMap::new();
     for op in &history.ops {
         by_cid.entry(&op.cid).or_default().push(op);
@@ -248,6 +272,7 @@ fn holdings(history: &History, violations: &mut Vec<Violation>) -> Vec<Holding> 
             .iter()
             .filter(|o| o.kind == OpKind::Del && o.start >= from)
             .map(|o| o.start)
+            .chain(vanished.get(cid).copied())
             .min();
         out.push(Holding {
             cid: cid.to_owned(),
@@ -271,7 +296,7 @@ pub fn check(
     expect: &Expectations,
 ) -> Vec<Violation> {
     let mut violations = Vec::new();
-    let holdings = holdings(history, &mut violations);
+    let holdings = holdings(history, expect.leak_grace_us, &mut violations);
     check_fixed(history, &holdings, expect, &mut violations);
 
     // (a) overlapping acknowledged intervals on one address.
@@ -363,6 +388,16 @@ pub fn check(
                     address: a.clone(),
                 });
             }
+        }
+    }
+
+    // (h) every vanished pod was reclaimed by the end.
+    for v in &history.vanished {
+        for f in finals.iter().filter(|f| f.held.contains_key(&v.cid)) {
+            violations.push(Violation::Leaked {
+                cid: v.cid.clone(),
+                node: f.node,
+            });
         }
     }
 

@@ -33,9 +33,10 @@ pub struct ClusterOptions {
     /// A backup the first member seeds the new cluster with (`--restore`);
     /// `subnet` then only names a subnet the backup holds.
     pub restore: Option<PathBuf>,
-    /// Run each node's leak reconciler. Off by default: the workloads use
-    /// namespace paths that do not exist, which it would rightly release.
-    pub reconcile: bool,
+    /// Run each node's leak reconciler with this grace period and interval
+    /// (e.g. "3s", "500ms"). Off by default: most workloads use namespace
+    /// paths that do not exist, which it would rightly release.
+    pub reconcile: Option<(String, String)>,
 }
 
 impl Default for ClusterOptions {
@@ -47,7 +48,7 @@ impl Default for ClusterOptions {
             snapshot_every: 500,
             keep_logs: 50,
             restore: None,
-            reconcile: false,
+            reconcile: None,
         }
     }
 }
@@ -239,7 +240,17 @@ impl Cluster {
             .args(["--write-timeout-ms", &options.write_timeout_ms.to_string()])
             .args(["--snapshot-every", &options.snapshot_every.to_string()])
             .args(["--keep-logs", &options.keep_logs.to_string()])
-            .args(["--reconcile", if options.reconcile { "on" } else { "off" }])
+            .args(match &options.reconcile {
+                Some((grace, every)) => vec![
+                    "--reconcile".to_owned(),
+                    "on".to_owned(),
+                    "--leak-grace".to_owned(),
+                    grace.clone(),
+                    "--reconcile-every".to_owned(),
+                    every.clone(),
+                ],
+                None => vec!["--reconcile".to_owned(), "off".to_owned()],
+            })
             .env("RUST_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -433,13 +444,27 @@ impl Cluster {
         false
     }
 
-    /// Every node's held addresses, by container id.
+    /// Every node's held addresses, by container id; the nodes that do
+    /// not answer are left out (see `silent_nodes`).
     pub fn final_states(&self) -> Vec<FinalState> {
         self.ids()
             .into_iter()
-            .map(|id| FinalState {
-                node: id,
-                held: held_by_container(&self.node(id).socket()),
+            .filter_map(|id| {
+                held_by_container(&self.node(id).socket())
+                    .ok()
+                    .map(|held| FinalState { node: id, held })
+            })
+            .collect()
+    }
+
+    /// The nodes that do not answer `ip list`, and why.
+    pub fn silent_nodes(&self) -> Vec<(u64, String)> {
+        self.ids()
+            .into_iter()
+            .filter_map(|id| {
+                held_by_container(&self.node(id).socket())
+                    .err()
+                    .map(|e| (id, e))
             })
             .collect()
     }
@@ -479,21 +504,22 @@ pub fn status_at(socket: &Path) -> Option<NodeStatus> {
     }
 }
 
-fn held_by_container(socket: &Path) -> BTreeMap<String, Vec<String>> {
+/// A node's held addresses by container id; an error when it does not answer.
+fn held_by_container(socket: &Path) -> Result<BTreeMap<String, Vec<String>>, String> {
     let mut held: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut request = IpListRequest {
         limit: 5000,
         ..Default::default()
     };
     loop {
-        let mut client =
-            Client::connect(socket, Duration::from_secs(10)).expect("connect for the final state");
+        let mut client = Client::connect(socket, Duration::from_secs(10))
+            .map_err(|e| format!("cannot connect: {e}"))?;
         let page = match client
             .call(&Request::IpList(request.clone()))
-            .expect("ip list")
+            .map_err(|e| format!("ip list: {e}"))?
         {
             Response::Ips(p) => p,
-            other => panic!("unexpected {other:?}"),
+            other => return Err(format!("ip list answered {}", other.kind())),
         };
         for e in page.entries {
             held.entry(e.key.container_id)
@@ -508,7 +534,7 @@ fn held_by_container(socket: &Path) -> BTreeMap<String, Vec<String>> {
     for addrs in held.values_mut() {
         addrs.sort();
     }
-    held
+    Ok(held)
 }
 
 impl Drop for Cluster {

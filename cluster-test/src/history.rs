@@ -59,11 +59,23 @@ pub struct FaultRecord {
     pub to: u64,
 }
 
+/// A pod whose network namespace went away without a DEL (its runtime
+/// "crashed"): the node's leak reconciler must release it, and only after
+/// its grace period.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vanish {
+    pub cid: String,
+    pub node: u64,
+    pub at: u64,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct History {
     pub ops: Vec<Op>,
     pub minority: Vec<MinorityWindow>,
     pub faults: Vec<FaultRecord>,
+    #[serde(default)]
+    pub vanished: Vec<Vanish>,
 }
 
 /// One node's state at the end of a run: container id -> address.

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use crate::cluster::Cluster;
 use crate::cni::CniCall;
-use crate::history::{Op, OpKind, Outcome};
+use crate::history::{Op, OpKind, Outcome, Vanish};
 use crate::rng::Rng;
 
 #[derive(Debug, Clone)]
@@ -33,6 +33,13 @@ pub struct WorkloadOptions {
     /// worker of every node runs this many of them, moving between nodes.
     pub sticky_namespace: String,
     pub sticky_pods_per_node: usize,
+    /// Where pods' "network namespaces" live: a file per container, made
+    /// before its ADD and removed once its DEL is acknowledged, as a runtime
+    /// does with a real one (the reconciler only asks whether it exists).
+    pub netns_dir: PathBuf,
+    /// Share of a general worker's steps in which a live pod's namespace
+    /// disappears without a DEL (a crashed runtime): a leak to reclaim.
+    pub vanish_rate: f64,
 }
 
 /// A sticky container id is POD.N; the pod name is what comes before the dot.
@@ -61,7 +68,7 @@ enum StickyPod {
 
 pub struct Workload {
     stop: Arc<AtomicBool>,
-    workers: Vec<JoinHandle<Vec<Op>>>,
+    workers: Vec<JoinHandle<(Vec<Op>, Vec<Vanish>)>>,
 }
 
 /// What one worker needs to reach every node.
@@ -126,6 +133,7 @@ struct Worker {
     rng: Rng,
     t0: Instant,
     ops: Vec<Op>,
+    vanished: Vec<Vanish>,
     live: Vec<String>,
     /// Attachments whose ADD or DEL failed: their state is unknown until a
     /// DEL succeeds, so they are deleted (as kubelet does after a failure).
@@ -149,6 +157,10 @@ impl Worker {
         )
     }
 
+    fn netns(&self, cid: &str) -> PathBuf {
+        self.options.netns_dir.join(cid)
+    }
+
     fn call_as(
         &mut self,
         kind: OpKind,
@@ -159,9 +171,14 @@ impl Worker {
         timeout: u64,
     ) -> Outcome {
         let conf = conf(target, &self.options, timeout);
+        let netns = self.netns(cid);
+        if kind == OpKind::Add {
+            // The runtime makes the pod's namespace before its ADD.
+            let _ = std::fs::write(&netns, b"");
+        }
         let call = match kind {
             OpKind::Add => CniCall::ipkeep("ADD")
-                .attachment(cid, "eth0", &format!("/run/netns/{cid}"))
+                .attachment(cid, "eth0", &netns.display().to_string())
                 .args(&format!(
                     "IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={pod}"
                 )),
@@ -174,6 +191,10 @@ impl Worker {
         let out = call.run();
         let end = self.t0.elapsed().as_micros() as u64;
         let outcome = outcome(&out);
+        if kind == OpKind::Del && outcome.is_ok() {
+            // ... and removes it once the pod's networking is torn down.
+            let _ = std::fs::remove_file(&netns);
+        }
         self.ops.push(Op {
             node: target.id,
             kind,
@@ -228,6 +249,18 @@ impl Worker {
             } else {
                 self.pace();
             }
+            return;
+        }
+        if !self.live.is_empty() && self.rng.unit() < self.options.vanish_rate {
+            // The runtime dies with the pod: its namespace goes, no DEL comes.
+            let i = self.rng.below(self.live.len() as u64) as usize;
+            let cid = self.live.swap_remove(i);
+            let _ = std::fs::remove_file(self.netns(&cid));
+            self.vanished.push(Vanish {
+                cid,
+                node: me.id,
+                at: self.t0.elapsed().as_micros() as u64,
+            });
             return;
         }
         let roll = self.rng.unit();
@@ -319,6 +352,7 @@ impl Workload {
                     rng: rng.fork(),
                     t0,
                     ops: Vec::new(),
+                    vanished: Vec::new(),
                     live: Vec::new(),
                     cleanup: Vec::new(),
                     next: 0,
@@ -328,22 +362,25 @@ impl Workload {
                     while !stop.load(Ordering::Relaxed) {
                         worker.step();
                     }
-                    worker.ops
+                    (worker.ops, worker.vanished)
                 }));
             }
         }
         Workload { stop, workers }
     }
 
-    /// Stops the workers (each finishes its call in flight) and returns every call.
-    pub fn stop(self) -> Vec<Op> {
+    /// Stops the workers (each finishes its call in flight) and returns
+    /// every call, and every pod whose namespace vanished without a DEL.
+    pub fn stop(self) -> (Vec<Op>, Vec<Vanish>) {
         self.stop.store(true, Ordering::Relaxed);
-        let mut ops: Vec<Op> = self
-            .workers
-            .into_iter()
-            .flat_map(|w| w.join().expect("worker"))
-            .collect();
+        let (mut ops, mut vanished) = (Vec::new(), Vec::new());
+        for w in self.workers {
+            let (o, v) = w.join().expect("worker");
+            ops.extend(o);
+            vanished.extend(v);
+        }
         ops.sort_by_key(|o| o.start);
-        ops
+        vanished.sort_by_key(|v| v.at);
+        (ops, vanished)
     }
 }

@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 
 use ipkeep_cluster_test::checker::{check, Expectations, PoolRule, Violation};
-use ipkeep_cluster_test::history::{FinalState, History, MinorityWindow, Op, OpKind, Outcome};
+use ipkeep_cluster_test::history::{
+    FinalState, History, MinorityWindow, Op, OpKind, Outcome, Vanish,
+};
 
 const BOUND: u64 = 7_000_000;
 
@@ -244,6 +246,7 @@ fn a_sticky_pod_that_moves_a_pool_leak_and_a_quota_overrun_are_flagged() {
             prefix: "db-".into(),
         }],
         quotas: vec![("capped".into(), 1)],
+        leak_grace_us: None,
     };
     let h = history(vec![
         as_pod(add(1, "db-0.1", 0, 10, "10.0.1.10"), "sts", "db-0"),
@@ -325,4 +328,71 @@ fn an_attachment_back_after_its_acknowledged_del_is_flagged() {
         "{v:?}"
     );
     assert!(check(&h, &finals(&[1, 2], &[]), BOUND, &Expectations::default()).is_empty());
+}
+
+/// (h): a pod whose namespace vanished must be gone at the end, and its
+/// address may go to another pod only after the grace period.
+#[test]
+fn a_leak_left_at_the_end_or_reclaimed_too_early_is_flagged() {
+    let expect = Expectations {
+        leak_grace_us: Some(1_000),
+        ..Default::default()
+    };
+    let mut h = history(vec![
+        add(1, "gone", 0, 10, "10.0.0.1"),
+        // Reused after the grace period: fine.
+        add(2, "next", 1_500, 1_600, "10.0.0.1"),
+        add(1, "early", 0, 10, "10.0.0.2"),
+        // Reused before its grace period ended: two holders at once.
+        add(2, "thief", 500, 600, "10.0.0.2"),
+        add(1, "stuck", 0, 10, "10.0.0.3"),
+        add(1, "alive", 0, 10, "10.0.0.4"),
+    ]);
+    h.vanished = vec![
+        Vanish {
+            cid: "gone".into(),
+            node: 1,
+            at: 100,
+        },
+        Vanish {
+            cid: "early".into(),
+            node: 1,
+            at: 100,
+        },
+        Vanish {
+            cid: "stuck".into(),
+            node: 1,
+            at: 100,
+        },
+    ];
+    let end = finals(
+        &[1, 2],
+        &[
+            ("next", "10.0.0.1"),
+            ("thief", "10.0.0.2"),
+            ("stuck", "10.0.0.3"),
+            ("alive", "10.0.0.4"),
+        ],
+    );
+    let v = check(&h, &end, BOUND, &expect);
+    let leaked: Vec<&Violation> = v
+        .iter()
+        .filter(|x| matches!(x, Violation::Leaked { .. }))
+        .collect();
+    assert_eq!(leaked.len(), 2, "stuck, on both nodes: {v:?}");
+    assert!(leaked
+        .iter()
+        .all(|x| matches!(x, Violation::Leaked { cid, .. } if cid == "stuck")));
+    let twice: Vec<&Violation> = v
+        .iter()
+        .filter(|x| matches!(x, Violation::TwoHolders { .. }))
+        .collect();
+    assert_eq!(twice.len(), 1, "{v:?}");
+    assert!(matches!(twice[0], Violation::TwoHolders { address, .. } if address == "10.0.0.2"));
+    // A vanished pod is not "lost" for being absent at the end.
+    assert!(
+        !v.iter().any(|x| matches!(x, Violation::Lost { .. })),
+        "{v:?}"
+    );
+    assert_eq!(v.len(), 3, "{v:?}");
 }

@@ -26,13 +26,27 @@ fn daemon(mode: &str, grace: &str) -> Daemon {
         ],
         ..Default::default()
     });
-    let out = ctl(&d.socket(), &["subnet", "create", "pods", "--cidr", "10.130.0.0/24", "--sticky"]);
+    let out = ctl(
+        &d.socket(),
+        &[
+            "subnet",
+            "create",
+            "pods",
+            "--cidr",
+            "10.130.0.0/24",
+            "--sticky",
+        ],
+    );
     assert!(out.ok(), "{}", out.stderr);
     d
 }
 
 fn conf(d: &Daemon) -> Value {
-    ipam_only_conf("1.0.0", "lk", ipam(json!("pods"), &d.socket(), &d.scratch().join("plugin.log")))
+    ipam_only_conf(
+        "1.0.0",
+        "lk",
+        ipam(json!("pods"), &d.socket(), &d.scratch().join("plugin.log")),
+    )
 }
 
 fn add(d: &Daemon, cid: &str, pod: &str, netns: &str) -> String {
@@ -76,21 +90,40 @@ fn a_namespace_deleted_without_del_is_released_after_the_grace_period() {
     assert_eq!(report["mode"], "on");
     let s = &report["suspects"][0];
     assert_eq!(s["addresses"], json!([lost]));
-    assert!(s["reason"].as_str().unwrap().contains("no longer exists"), "{s}");
+    assert!(
+        s["reason"].as_str().unwrap().contains("no longer exists"),
+        "{s}"
+    );
     let due = s["release_at_ms"].as_u64().unwrap();
     assert_eq!(due, s["missing_since_ms"].as_u64().unwrap() + 2000);
-    assert_eq!(report["suspects"].as_array().unwrap().len(), 1, "the live pod is no suspect");
+    assert_eq!(
+        report["suspects"].as_array().unwrap().len(),
+        1,
+        "the live pod is no suspect"
+    );
 
-    wait::until("the leaked address released", Duration::from_secs(15), || {
-        (!held(&d).contains(&lost)).then_some(())
-    });
-    assert!(started.elapsed() >= Duration::from_secs(2), "not before the grace period");
+    wait::until(
+        "the leaked address released",
+        Duration::from_secs(15),
+        || (!held(&d).contains(&lost)).then_some(()),
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "not before the grace period"
+    );
     assert_eq!(held(&d), vec![alive.clone()]);
     let history = ctl(&d.socket(), &["ip", "history", &lost, "-o", "json"]).json();
     assert_eq!(history["past"][0]["reason"], "Reconciler", "{history}");
     // The sticky binding stays: the pod gets its address back when it returns.
     let bindings = ctl(&d.socket(), &["binding", "list", "-o", "json"]).json();
-    assert!(bindings.as_array().unwrap().iter().any(|b| b["name"] == "db-0"), "{bindings}");
+    assert!(
+        bindings
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["name"] == "db-0"),
+        "{bindings}"
+    );
     let back = NetNs::new("ik-pod");
     assert_eq!(add(&d, "c3", "db-0", &back.path()), lost);
     assert!(leaks(&d)["suspects"].as_array().unwrap().is_empty());
@@ -109,13 +142,17 @@ fn report_mode_lists_but_never_releases() {
     assert!(s["release_at_ms"].is_null(), "{s}");
     // Well past grace plus several passes, by the daemon's own clock.
     let missing = s["missing_since_ms"].as_u64().unwrap();
-    wait::until("grace and three passes gone by", Duration::from_secs(15), || {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64;
-        (now > missing + 1000 + 600).then_some(())
-    });
+    wait::until(
+        "grace and three passes gone by",
+        Duration::from_secs(15),
+        || {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64;
+            (now > missing + 1000 + 600).then_some(())
+        },
+    );
     // One more pass is served by `ip leaks` itself; the address is still held.
     assert_eq!(leaks(&d)["suspects"].as_array().unwrap().len(), 1);
     assert_eq!(held(&d), vec![lost]);
@@ -131,15 +168,20 @@ fn after_a_restart_the_first_pass_finds_what_did_not_survive() {
     assert!(d.terminate().success());
     drop(gone);
     d.restart();
-    wait::until("the lost address released after restart", Duration::from_secs(15), || {
-        (held(&d) == vec![alive.clone()]).then_some(())
-    });
+    wait::until(
+        "the lost address released after restart",
+        Duration::from_secs(15),
+        || (held(&d) == vec![alive.clone()]).then_some(()),
+    );
     assert!(!held(&d).contains(&lost));
 }
 
 #[test]
 fn a_forgotten_node_gives_its_addresses_back() {
-    let dir = tempfile::Builder::new().prefix("ipkeep-forget-").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("ipkeep-forget-")
+        .tempdir()
+        .unwrap();
     let mut c = Cluster::start(
         ClusterOptions {
             nodes: 3,
@@ -155,7 +197,11 @@ fn a_forgotten_node_gives_its_addresses_back() {
     };
     ok(c.ctl(1, &["subnet", "update", "pods", "--sticky"]));
     let n3 = c.node(3);
-    let conf3 = ipam_only_conf("1.0.0", "fg", ipam(json!("pods"), &n3.socket(), &n3.dir.join("plugin.log")));
+    let conf3 = ipam_only_conf(
+        "1.0.0",
+        "fg",
+        ipam(json!("pods"), &n3.socket(), &n3.dir.join("plugin.log")),
+    );
     let mut on3 = vec![];
     for i in 0..3 {
         let out = CniCall::ipkeep("ADD")
@@ -175,13 +221,17 @@ fn a_forgotten_node_gives_its_addresses_back() {
     let result = out.json();
     assert_eq!(result["released"].as_array().unwrap().len(), 3, "{result}");
     assert_eq!(result["removed_member"], 3);
-    let listed = c.ctl(1, &["--linearizable", "ip", "list", "-o", "json"]).json();
+    let listed = c
+        .ctl(1, &["--linearizable", "ip", "list", "-o", "json"])
+        .json();
     assert!(listed.as_array().unwrap().is_empty(), "{listed}");
     let members = c.ctl(1, &["member", "list", "-o", "json"]).json();
     assert_eq!(members.as_array().unwrap().len(), 2, "{members}");
     let history = c.ctl(1, &["ip", "history", &on3[0], "-o", "json"]).json();
     assert_eq!(history["past"][0]["reason"], "NodeForgotten", "{history}");
     // Sticky names keep their addresses for when the pods come back elsewhere.
-    let bindings = c.ctl(2, &["--linearizable", "binding", "list", "-o", "json"]).json();
+    let bindings = c
+        .ctl(2, &["--linearizable", "binding", "list", "-o", "json"])
+        .json();
     assert_eq!(bindings.as_array().unwrap().len(), 3, "{bindings}");
 }

@@ -29,6 +29,10 @@ fn raft_config(args: &Args) -> anyhow::Result<Config> {
         election_timeout_max: 800,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(args.snapshot_every),
         max_in_snapshot_log_to_keep: args.keep_logs,
+        // Per snapshot chunk (3 MiB by default). openraft's 200 ms default
+        // timed out under load, and a transfer that times out on the leader
+        // but lands on the follower confuses 0.9's replication progress.
+        install_snapshot_timeout: 5000,
         ..Default::default()
     };
     config.validate().context("raft configuration")

@@ -124,10 +124,26 @@ impl LogStore {
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
+    /// The entries of the range that are present, as one contiguous run that
+    /// begins at the range's start: nothing when the start is missing
+    /// (purged), and nothing past a gap.
+    ///
+    /// openraft 0.9's replication sends what this returns as the entries
+    /// right after `start - 1` without checking the first index. Returning
+    /// the entries after a purge instead (a range that began before the
+    /// leader's purge point) put a gap in a follower's log, which then could
+    /// not apply or restart (seen in a 30-minute chaos run; the same pattern
+    /// as openraft issue #1795). An empty answer makes openraft send a
+    /// heartbeat and, once it sees the purge, a snapshot.
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
+        let first_wanted = match range.start_bound() {
+            Bound::Included(&i) => Some(i),
+            Bound::Excluded(&i) => Some(i + 1),
+            Bound::Unbounded => None,
+        };
         let start = match range.start_bound() {
             Bound::Included(&i) => Bound::Included(index_key(i)),
             Bound::Excluded(&i) => Bound::Excluded(index_key(i)),
@@ -139,10 +155,16 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(&i) => Bound::Excluded(index_key(i)),
             Bound::Unbounded => Bound::Unbounded,
         };
-        let mut entries = Vec::new();
+        let mut entries: Vec<Entry> = Vec::new();
+        let mut next = first_wanted;
         for item in self.inner.log.range::<[u8; 8], _>((start, end)) {
             let (_, bytes) = item.map_err(|e| StorageIOError::read_logs(&e))?;
-            entries.push(decode::<Entry>(&bytes).map_err(StorageIOError::read_logs)?);
+            let entry = decode::<Entry>(&bytes).map_err(StorageIOError::read_logs)?;
+            if next.is_some_and(|n| entry.log_id.index != n) {
+                break;
+            }
+            next = Some(entry.log_id.index + 1);
+            entries.push(entry);
         }
         Ok(entries)
     }
@@ -271,5 +293,60 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .apply_batch(batch)
             .map_err(|e| StorageIOError::write_logs(&e))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::testing::log_id;
+    use openraft::EntryPayload;
+
+    fn store_with(indexes: impl IntoIterator<Item = u64>) -> LogStore {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let store = LogStore::open(db).unwrap();
+        for i in indexes {
+            let entry = Entry {
+                log_id: log_id(1, 1, i),
+                payload: EntryPayload::Blank,
+            };
+            store
+                .inner
+                .log
+                .insert(index_key(i), encode(&entry).unwrap())
+                .unwrap();
+        }
+        store
+    }
+
+    fn read(store: &mut LogStore, range: std::ops::Range<u64>) -> Vec<u64> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(store.try_get_log_entries(range))
+            .unwrap()
+            .iter()
+            .map(|e| e.log_id.index)
+            .collect()
+    }
+
+    /// A read that starts in the purged part answers nothing, not the
+    /// entries after the purge: openraft would send those as if they
+    /// followed the range's start, leaving a gap in a follower's log.
+    #[test]
+    fn reads_are_one_run_from_the_range_start() {
+        let mut store = store_with(1..=10);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(store.purge(log_id(1, 1, 5))).unwrap();
+        assert_eq!(read(&mut store, 3..8), Vec::<u64>::new());
+        assert_eq!(read(&mut store, 6..9), vec![6, 7, 8]);
+        assert_eq!(read(&mut store, 9..20), vec![9, 10]);
+
+        // A gap (which the store must never hold) ends the run too.
+        let mut gappy = store_with([1, 2, 3, 7, 8]);
+        assert_eq!(read(&mut gappy, 1..9), vec![1, 2, 3]);
+        assert_eq!(read(&mut gappy, 4..9), Vec::<u64>::new());
     }
 }
