@@ -179,12 +179,22 @@ impl Cluster {
             .next()
             .unwrap_or_default()
             .to_owned();
-        wait::until("the cluster's subnet", Duration::from_secs(60), || {
-            cluster
-                .ctl(first, &["subnet", "show", &subnet_name])
-                .ok()
-                .then_some(())
-        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !cluster.ctl(first, &["subnet", "show", &subnet_name]).ok() {
+            if std::time::Instant::now() > deadline {
+                let tails: Vec<String> = cluster
+                    .ids()
+                    .iter()
+                    .map(|id| format!("node {id}:\n{}", cluster.log_tail(*id, 15)))
+                    .collect();
+                panic!(
+                    "subnet {subnet_name} not on node {first} within 60 s; logs in {}:\n{}",
+                    cluster.dir.display(),
+                    tails.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         cluster
     }
 

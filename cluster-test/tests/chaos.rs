@@ -7,17 +7,20 @@ use std::time::Duration;
 use ipkeep_cluster_test::chaos::{run, ChaosOptions};
 
 fn short_run(nodes: usize, secs: u64, seed: u64) {
+    // Kept until the run passes: a run that fails, or panics while starting
+    // its cluster, leaves its nodes' logs behind for whoever looks next.
     let out = tempfile::Builder::new()
         .prefix("ipkeep-chaos-")
         .tempdir()
-        .unwrap();
+        .unwrap()
+        .keep();
     // Faults cycle through all nine kinds in a seeded order; this long covers each.
     let report = run(ChaosOptions {
         nodes,
         duration: Duration::from_secs(secs),
         seed,
         workers_per_node: 2,
-        out: out.path().to_owned(),
+        out: out.clone(),
         write_timeout_ms: 3000,
     });
     eprintln!("{}", report.summary);
@@ -45,9 +48,10 @@ fn short_run(nodes: usize, secs: u64, seed: u64) {
     assert!(
         report.passed(),
         "chaos run failed (seed {seed}, output kept in {}):\n{}",
-        out.keep().display(),
+        out.display(),
         report.summary
     );
+    let _ = std::fs::remove_dir_all(&out);
 }
 
 #[test]

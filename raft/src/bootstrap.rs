@@ -154,17 +154,28 @@ async fn run_first_task(node: &Node, task: FirstTask, marker: PathBuf, limit: Op
                 tracing::info!("{}", task.done);
                 break;
             }
-            Err(e) if e.code == code::TRY_AGAIN => {
+            // A refusal on the merits is final; anything else (no leader yet,
+            // a peer connection that dropped while the cluster forms) passes.
+            Err(e)
+                if matches!(
+                    e.code,
+                    code::INVALID_REQUEST | code::CONFLICT | code::NOT_FOUND
+                ) =>
+            {
+                tracing::warn!(error = %e, "first task of the new cluster refused: {}", task.done);
+                break;
+            }
+            Err(e) => {
                 if limit.is_some_and(|l| started.elapsed() >= l) {
                     tracing::warn!(error = %e, "first task not done yet; the next start retries");
                     return;
                 }
-                tracing::debug!(error = %e, "waiting for a leader");
+                if e.code == code::TRY_AGAIN {
+                    tracing::debug!(error = %e, "waiting for a leader");
+                } else {
+                    tracing::warn!(error = %e, "first task failed; retrying");
+                }
                 tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "first task of the new cluster refused: {}", task.done);
-                break;
             }
         }
     }
