@@ -751,3 +751,56 @@ fn the_mac_follows_the_pod_like_its_address() {
     ));
     assert_eq!(retried, Some(explicit));
 }
+
+#[test]
+fn reclaim_takes_only_the_attachment_it_saw_and_forget_takes_a_nodes_all() {
+    let mut s = etcd();
+    let a = ok_addr(run(&mut s, add_pod("A", "db", "web-0", &["db"], &[])));
+    let b = ok_addr(run(&mut s, add_pod("B", "db", "etcd-0", &["db"], &[])));
+    // The reconciler saw A added at another time: A was deleted and added
+    // again meanwhile, and stays.
+    let r = run(
+        &mut s,
+        Command::Reclaim {
+            attachments: vec![(key("A"), T0 - 5)],
+            at_ms: T0 + 1,
+            issued_us: (T0 + 1) * 1000,
+        },
+    );
+    assert!(
+        matches!(r, Reply::Collected(ref g) if g.released.is_empty()),
+        "{r:?}"
+    );
+    assert!(s.allocation(&key("A")).is_some());
+    let r = run(
+        &mut s,
+        Command::Reclaim {
+            attachments: vec![(key("A"), T0)],
+            at_ms: T0 + 2,
+            issued_us: (T0 + 2) * 1000,
+        },
+    );
+    assert!(
+        matches!(r, Reply::Collected(ref g) if g.released == vec![(key("A"), vec![a])]),
+        "{r:?}"
+    );
+    assert_eq!(s.history_of(a)[0].reason, ReleaseReason::Reconciler);
+    // Forgetting node n1 releases B; its sticky binding stays for the pod.
+    let r = run(
+        &mut s,
+        Command::ForgetNode {
+            node: "n1".into(),
+            at_ms: T0 + 3,
+            issued_us: (T0 + 3) * 1000,
+        },
+    );
+    assert!(
+        matches!(r, Reply::Collected(ref g) if g.released.len() == 1),
+        "{r:?}"
+    );
+    assert_eq!(s.history_of(b)[0].reason, ReleaseReason::NodeForgotten);
+    assert!(s.binding(&("db".into(), "etcd-0".into())).is_some());
+    // A stale ADD of the forgotten attachment cannot come back.
+    let e = err(run(&mut s, add_pod("B", "db", "etcd-0", &["db"], &[])));
+    assert_eq!(e.code, code::TRY_AGAIN, "{e}");
+}

@@ -465,10 +465,23 @@ impl State {
             .filter(|a| !valid.contains(&(a.key.container_id.as_str(), a.key.ifname.as_str())))
             .map(|a| a.key.clone())
             .collect();
+        self.release_all(stale, ReleaseReason::Gc, at_ms, issued_us, journal)
+    }
+
+    /// Releases attachments (each fenced against stale ADDs like a DEL) and
+    /// says which addresses went.
+    fn release_all(
+        &mut self,
+        keys: Vec<AttachmentKey>,
+        reason: ReleaseReason,
+        at_ms: u64,
+        issued_us: u64,
+        journal: &mut Vec<Change>,
+    ) -> GcResult {
         let mut released = Vec::new();
-        for key in stale {
+        for key in keys {
             self.bury(key.clone(), issued_us, journal);
-            if let Some(a) = self.release(&key, ReleaseReason::Gc, at_ms, journal) {
+            if let Some(a) = self.release(&key, reason, at_ms, journal) {
                 released.push((key, a.addresses.iter().map(|h| h.address).collect()));
             }
         }
@@ -485,17 +498,12 @@ impl State {
         issued_us: u64,
         journal: &mut Vec<Change>,
     ) -> GcResult {
-        let mut released = Vec::new();
-        for (key, since_ms) in attachments {
-            if self.allocation(key).map(|a| a.since_ms) != Some(*since_ms) {
-                continue;
-            }
-            self.bury(key.clone(), issued_us, journal);
-            if let Some(a) = self.release(key, ReleaseReason::Reconciler, at_ms, journal) {
-                released.push((key.clone(), a.addresses.iter().map(|h| h.address).collect()));
-            }
-        }
-        GcResult { released }
+        let same: Vec<AttachmentKey> = attachments
+            .iter()
+            .filter(|(key, since_ms)| self.allocation(key).map(|a| a.since_ms) == Some(*since_ms))
+            .map(|(key, _)| key.clone())
+            .collect();
+        self.release_all(same, ReleaseReason::Reconciler, at_ms, issued_us, journal)
     }
 
     /// Releases every attachment a node held; bindings and pools stay.
@@ -511,13 +519,12 @@ impl State {
             .filter(|a| a.node == node)
             .map(|a| a.key.clone())
             .collect();
-        let mut released = Vec::new();
-        for key in keys {
-            self.bury(key.clone(), issued_us, journal);
-            if let Some(a) = self.release(&key, ReleaseReason::NodeForgotten, at_ms, journal) {
-                released.push((key, a.addresses.iter().map(|h| h.address).collect()));
-            }
-        }
-        GcResult { released }
+        self.release_all(
+            keys,
+            ReleaseReason::NodeForgotten,
+            at_ms,
+            issued_us,
+            journal,
+        )
     }
 }
