@@ -18,6 +18,8 @@ pub enum ClientError {
         #[source]
         source: io::Error,
     },
+    #[error("ipkeepd's socket {} is for root only (mode 0600): run this as root", path.display())]
+    AccessDenied { path: PathBuf },
     #[error("ipkeepd at {} did not answer within {after:?}", path.display())]
     Timeout { path: PathBuf, after: Duration },
     #[error("connection to ipkeepd at {} failed: {source}", path.display())]
@@ -46,6 +48,9 @@ impl ClientError {
             ClientError::Unreachable { .. }
             | ClientError::Timeout { .. }
             | ClientError::Io { .. } => ApiError::try_again(self.to_string()),
+            ClientError::AccessDenied { .. } => {
+                ApiError::new(code::ACCESS_DENIED, "access denied", self.to_string())
+            }
             ClientError::Codec(CodecError::Version { .. }) => {
                 ApiError::new(code::PROTOCOL, "protocol mismatch", self.to_string())
             }
@@ -65,9 +70,17 @@ pub struct Client {
 impl Client {
     /// Connects to the daemon's socket; every later read and write is bounded by `timeout`.
     pub fn connect(path: &Path, timeout: Duration) -> Result<Client, ClientError> {
-        let stream = UnixStream::connect(path).map_err(|source| ClientError::Unreachable {
-            path: path.to_owned(),
-            source,
+        let stream = UnixStream::connect(path).map_err(|source| {
+            if source.kind() == io::ErrorKind::PermissionDenied {
+                ClientError::AccessDenied {
+                    path: path.to_owned(),
+                }
+            } else {
+                ClientError::Unreachable {
+                    path: path.to_owned(),
+                    source,
+                }
+            }
         })?;
         let io_err = |source| ClientError::Io {
             path: path.to_owned(),

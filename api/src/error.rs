@@ -56,6 +56,8 @@ pub mod code {
     /// Main-plugin mode: the pod's interface could not be made or is not as
     /// stored (netlink error, master link missing, interface exists).
     pub const INTERFACE: u32 = 113;
+    /// The caller may not use the node API (it is not root).
+    pub const ACCESS_DENIED: u32 = 114;
 }
 
 /// An error as the node API returns it; the plugin prints it as a CNI error object.

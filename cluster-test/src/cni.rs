@@ -99,6 +99,8 @@ pub struct CniCall {
     /// Run inside this network namespace (`ip netns exec`), as a runtime on
     /// that node would.
     in_netns: Option<String>,
+    /// Run as this (non-root) uid and gid, through setpriv.
+    as_uid: Option<u32>,
 }
 
 impl CniCall {
@@ -123,6 +125,7 @@ impl CniCall {
             ],
             stdin: String::new(),
             in_netns: None,
+            as_uid: None,
         }
     }
 
@@ -163,15 +166,30 @@ impl CniCall {
         self
     }
 
+    /// Runs the plugin as an unprivileged user (a runtime never does; a
+    /// user trying the socket by hand might).
+    pub fn as_uid(mut self, uid: u32) -> CniCall {
+        self.as_uid = Some(uid);
+        self
+    }
+
     /// Starts the plugin and feeds it stdin; `wait` collects the outcome.
     pub fn spawn(&self) -> RunningCni {
-        let mut cmd = match &self.in_netns {
-            Some(ns) => {
+        let mut cmd = match (&self.in_netns, self.as_uid) {
+            (Some(ns), _) => {
                 let mut c = Command::new("ip");
                 c.args(["netns", "exec", ns]).arg(&self.plugin);
                 c
             }
-            None => Command::new(&self.plugin),
+            (None, Some(uid)) => {
+                let mut c = Command::new("setpriv");
+                c.arg(format!("--reuid={uid}"))
+                    .arg(format!("--regid={uid}"))
+                    .arg("--clear-groups")
+                    .arg(&self.plugin);
+                c
+            }
+            (None, None) => Command::new(&self.plugin),
         };
         cmd.env_clear()
             .envs(self.env.iter().map(|(k, v)| (k, v)))

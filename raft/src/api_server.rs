@@ -42,6 +42,7 @@ impl ApiServer {
                 .mode(0o755)
                 .create(dir)
                 .with_context(|| format!("creating socket directory {}", dir.display()))?;
+            check_socket_dir(dir)?;
         }
         if path.exists() {
             if UnixStream::connect(path).await.is_ok() {
@@ -114,6 +115,58 @@ impl ApiServer {
     }
 }
 
+/// Refuses a socket directory that someone other than root (or this
+/// daemon's user) could write to: they could replace the socket with their
+/// own and answer the plugin in the daemon's place.
+fn check_socket_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir)
+        .with_context(|| format!("reading socket directory {}", dir.display()))?;
+    let me = effective_uid();
+    if meta.uid() != 0 && meta.uid() != me {
+        bail!(
+            "socket directory {} is owned by uid {}, not root: anyone with that uid could replace the socket; use a root-owned directory (--socket)",
+            dir.display(),
+            meta.uid()
+        );
+    }
+    if meta.mode() & 0o022 != 0 {
+        bail!(
+            "socket directory {} is writable by group or others (mode {:o}): they could replace the socket; chmod go-w it or pick another --socket",
+            dir.display(),
+            meta.mode() & 0o7777
+        );
+    }
+    Ok(())
+}
+
+/// This process's effective uid.
+fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Only root (or the daemon's own user) may use the node API. The socket's
+/// mode already keeps others out; this holds even if someone loosens it.
+fn caller_allowed(stream: &UnixStream) -> Result<(), ApiError> {
+    let cred = stream.peer_cred().map_err(|e| {
+        ApiError::new(
+            code::ACCESS_DENIED,
+            "access denied",
+            format!("cannot tell who the caller is: {e}"),
+        )
+    })?;
+    let uid = cred.uid();
+    if uid == 0 || uid == effective_uid() {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        code::ACCESS_DENIED,
+        "access denied",
+        format!("the node API serves root only; the caller runs as uid {uid}: run it as root"),
+    ))
+}
+
 async fn read_request(stream: &mut UnixStream) -> Result<Option<Request>, CodecError> {
     let mut header = [0u8; 4];
     match stream.read_exact(&mut header).await {
@@ -137,6 +190,15 @@ async fn serve_connection(
     mut stream: UnixStream,
     mut stop: watch::Receiver<bool>,
 ) -> io::Result<()> {
+    if let Err(error) = caller_allowed(&stream) {
+        tracing::warn!(error = %error, "refused a node API caller");
+        // Its request is read (so that it sees the answer rather than a
+        // reset) but never decoded.
+        let mut header = [0u8; 4];
+        let _ = tokio::time::timeout(Duration::from_secs(1), stream.read_exact(&mut header)).await;
+        let _ = write_response(&mut stream, &Response::Error(error)).await;
+        return Ok(());
+    }
     loop {
         let request = tokio::select! {
             _ = stop.changed() => return Ok(()),

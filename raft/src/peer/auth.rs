@@ -204,7 +204,14 @@ pub async fn server(
     my_id: u64,
 ) -> Result<(Session, u64), AuthError> {
     let mut buf = [0u8; HELLO];
-    stream.read_exact(&mut buf).await?;
+    // The magic first, alone: anything that is not an ipkeep node (a port
+    // scan, an old client, a forged raw frame) is turned away at once
+    // instead of holding a connection until the handshake times out.
+    stream.read_exact(&mut buf[..MAGIC.len()]).await?;
+    if &buf[..MAGIC.len()] != MAGIC {
+        return Err(AuthError::Magic);
+    }
+    stream.read_exact(&mut buf[MAGIC.len()..]).await?;
     let (nc, client_id) = parse_hello(&buf)?;
     let ns = nonce();
     let ids = [client_id.to_be_bytes(), my_id.to_be_bytes()].concat();

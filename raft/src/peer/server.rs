@@ -16,6 +16,10 @@ use super::wire::{PeerRequest, PeerResponse};
 use crate::node::Node;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Peer connections served at once. A cluster needs a few per peer; the
+/// limit keeps a flood of unauthenticated connections from exhausting the
+/// daemon's memory or file descriptors.
+const MAX_PEER_CONNECTIONS: usize = 512;
 
 pub struct PeerServer {
     listener: TcpListener,
@@ -36,6 +40,7 @@ impl PeerServer {
         mut stop: watch::Receiver<bool>,
     ) {
         let mut connections = JoinSet::new();
+        let permits = Arc::new(tokio::sync::Semaphore::new(MAX_PEER_CONNECTIONS));
         loop {
             let accepted = tokio::select! {
                 _ = stop.changed() => break,
@@ -43,9 +48,15 @@ impl PeerServer {
             };
             match accepted {
                 Ok((stream, from)) => {
+                    let Ok(permit) = permits.clone().try_acquire_owned() else {
+                        tracing::warn!(peer = %from, limit = MAX_PEER_CONNECTIONS, "refused a peer connection: too many open");
+                        continue;
+                    };
                     let (node, secret) = (node.clone(), secret.clone());
-                    connections
-                        .spawn(async move { serve_connection(node, secret, stream, from).await });
+                    connections.spawn(async move {
+                        serve_connection(node, secret, stream, from).await;
+                        drop(permit);
+                    });
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accepting a peer connection failed");
