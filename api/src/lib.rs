@@ -12,6 +12,7 @@ pub mod mac;
 pub mod message;
 pub mod model;
 pub mod names;
+pub mod os;
 
 pub use client::{Client, ClientError};
 pub use error::{code, ApiError};

@@ -18,19 +18,8 @@ pub mod rng;
 pub mod wait;
 pub mod workload;
 
-/// Raises the soft limit of open files to the hard limit: hundreds of
-/// concurrent plugin processes each hold three pipes in the test process.
+/// Hundreds of concurrent plugin processes each hold three pipes in the
+/// test process.
 pub fn raise_fd_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
+    ipkeep_api::os::raise_fd_limit();
 }

@@ -2,23 +2,14 @@
 //! command; asks the node daemon `ipkeepd` over its unix socket and prints
 //! the CNI result (or error object) on stdout.
 
-mod commands;
-mod config;
-mod env;
-mod error;
-mod interface;
-mod link;
-mod logging;
-mod result;
-mod version;
-
 use std::io::{self, Read, Write};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use commands::Output;
-use error::{ErrorObject, PluginError};
 use ipkeep_api::code;
+use ipkeep_plugin::commands::{self, Output};
+use ipkeep_plugin::error::{ErrorObject, PluginError};
+use ipkeep_plugin::{config, env, logging, version};
 
 fn print(value: &serde_json::Value) -> io::Result<()> {
     let mut out = io::stdout().lock();

@@ -32,6 +32,8 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     init_logging(&args);
+    let open_files = ipkeep_api::os::raise_fd_limit();
+    tracing::debug!(open_files, "open file limit");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -151,9 +151,31 @@ pub fn verify(path: &Path) -> Result<(), SnapshotFileError> {
 /// Reads a (verified) snapshot: its meta, then each record in order.
 pub fn read_records(
     path: &Path,
+    each: impl FnMut(Vec<u8>, Vec<u8>) -> Result<(), SnapshotFileError>,
+) -> Result<SnapshotMeta, SnapshotFileError> {
+    let r = BufReader::with_capacity(256 << 10, File::open(path)?);
+    read_records_from(r, each)
+}
+
+/// Checks the checksum of a snapshot held in memory.
+pub fn verify_bytes(bytes: &[u8]) -> Result<(), SnapshotFileError> {
+    if bytes.len() < MAGIC.len() + 4 + 4 + 4 {
+        return Err(SnapshotFileError::Truncated);
+    }
+    let (body, tail) = bytes.split_at(bytes.len() - 4);
+    let stored = u32::from_be_bytes(tail.try_into().expect("4 bytes"));
+    let computed = crc32fast::hash(body);
+    if stored != computed {
+        return Err(SnapshotFileError::Checksum { stored, computed });
+    }
+    Ok(())
+}
+
+/// Reads a (verified) snapshot from a reader: its meta, then each record.
+pub fn read_records_from<R: Read>(
+    mut r: R,
     mut each: impl FnMut(Vec<u8>, Vec<u8>) -> Result<(), SnapshotFileError>,
 ) -> Result<SnapshotMeta, SnapshotFileError> {
-    let mut r = BufReader::with_capacity(256 << 10, File::open(path)?);
     let meta = read_meta(&mut r)?;
     loop {
         let klen = read_u32(&mut r)?;
