@@ -21,6 +21,9 @@ pub struct DaemonOptions {
     pub snapshot_every: Option<u64>,
     pub keep_logs: Option<u64>,
     pub extra_args: Vec<String>,
+    /// Put the data directory on a tmpfs of this many MiB (a small disk that
+    /// a test can fill).
+    pub data_tmpfs_mib: Option<u64>,
 }
 
 impl Default for DaemonOptions {
@@ -32,6 +35,7 @@ impl Default for DaemonOptions {
             snapshot_every: None,
             keep_logs: None,
             extra_args: vec![],
+            data_tmpfs_mib: None,
         }
     }
 }
@@ -91,6 +95,9 @@ impl Daemon {
     /// Starts the process (the data directory is kept between starts).
     pub fn spawn(&mut self) {
         assert!(self.child.is_none(), "daemon already running");
+        if let Some(mib) = self.options.data_tmpfs_mib {
+            self.mount_data_tmpfs(mib);
+        }
         let log = File::options()
             .create(true)
             .append(true)
@@ -120,6 +127,26 @@ impl Daemon {
             cmd.arg("--keep-logs").arg(n.to_string());
         }
         self.child = Some(cmd.spawn().expect("spawn ipkeepd"));
+    }
+
+    fn mount_data_tmpfs(&self, mib: u64) {
+        let data = self.data_dir();
+        if is_mountpoint(&data) {
+            return;
+        }
+        std::fs::create_dir_all(&data).expect("data dir");
+        let status = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={mib}m,mode=0700"),
+                "tmpfs",
+            ])
+            .arg(&data)
+            .status()
+            .expect("exec mount");
+        assert!(status.success(), "mounting a tmpfs on {}", data.display());
     }
 
     /// Waits until the daemon answers on its socket as a leader with its log
@@ -164,6 +191,15 @@ impl Daemon {
         }
     }
 
+    /// Waits for the daemon to exit by itself (it stops when its store
+    /// fails); panics after `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let child = self.child.as_mut().expect("daemon running");
+        let status = wait::until("ipkeepd to exit", limit, || child.try_wait().ok().flatten());
+        self.child = None;
+        status
+    }
+
     /// SIGTERM, and waits for the process to exit.
     pub fn terminate(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("daemon running");
@@ -191,9 +227,25 @@ fn status_at(socket: &Path) -> Result<NodeStatus, ClientError> {
     }
 }
 
+fn is_mountpoint(path: &Path) -> bool {
+    std::fs::read_to_string("/proc/self/mounts")
+        .map(|mounts| {
+            mounts
+                .lines()
+                .any(|l| l.split_whitespace().nth(1) == path.to_str())
+        })
+        .unwrap_or(false)
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
+        if self.options.data_tmpfs_mib.is_some() && is_mountpoint(&self.data_dir()) {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(self.data_dir())
+                .status();
+        }
         if std::thread::panicking() {
             let log = self.log();
             let tail: Vec<&str> = log.lines().rev().take(60).collect();

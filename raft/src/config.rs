@@ -104,6 +104,13 @@ pub struct Args {
     #[arg(long, default_value = "5000", value_parser = parse_millis)]
     pub write_timeout_ms: Duration,
 
+    /// Writes are refused (CNI error 11, saying why) while the data
+    /// directory has less free space than this, so that sled never runs out
+    /// of space half-way through a write; they resume by themselves when
+    /// space returns. 0 turns the check off.
+    #[arg(long, env = "IPKEEP_MIN_FREE_SPACE", default_value = "64MiB", value_parser = parse_size, value_name = "SIZE")]
+    pub min_free_space: u64,
+
     /// sled's page cache, in MiB.
     #[arg(long, default_value_t = 64)]
     pub cache_mib: u64,
@@ -261,6 +268,24 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err("must be above zero".into());
     }
     Ok(d)
+}
+
+/// A size: plain bytes, or with a unit (K, M, G, KiB, MiB, GiB; powers of 1024).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 64MiB, 512K, 1G, 1048576)"))?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" | "k" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        _ => return Err(format!("{s:?}: the unit must be K, M or G (KiB, MiB, GiB)")),
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 fn parse_millis(s: &str) -> Result<Duration, String> {

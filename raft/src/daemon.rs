@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use crate::api_server::ApiServer;
 use crate::bootstrap::{bootstrap, FirstTask, Formation};
 use crate::config::Args;
+use crate::disk::DiskGuard;
 use crate::metrics_server::MetricsServer;
 use crate::network::PeerNetwork;
 use crate::node::Node;
@@ -142,6 +143,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             grace: args.leak_grace,
             every: args.reconcile_every,
         }),
+        disk: DiskGuard::new(&args.data_dir, args.min_free_space),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -5,6 +5,7 @@ pub mod api_server;
 pub mod bootstrap;
 pub mod config;
 pub mod daemon;
+pub mod disk;
 pub mod expiry;
 pub mod metrics;
 pub mod metrics_server;

@@ -14,6 +14,7 @@ use ipkeep_store::{Command, Reply};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState};
 
+use crate::disk::DiskGuard;
 use crate::metrics::Metrics;
 use crate::peer::pool::PeerPool;
 use crate::peer::wire::{Committed, ForwardError, MembershipChange, PeerRequest, PeerResponse};
@@ -41,6 +42,8 @@ pub struct Node {
     pub metrics: Metrics,
     /// What this node's reconciler suspects of leaking.
     pub leaks: Leaks,
+    /// Free space in the data directory, checked before every write.
+    pub disk: DiskGuard,
 }
 
 /// How long `ipkeepctl status` waits for each member.
@@ -78,6 +81,7 @@ impl Node {
 
     /// Commits a command on this node if it is the leader; stamps the time.
     pub async fn commit_here(&self, command: Command) -> Result<Committed, ForwardError> {
+        self.disk.check().map_err(ForwardError::Api)?;
         let write = self.raft.client_write(command.stamped(now_ms()));
         match tokio::time::timeout(self.write_timeout, write).await {
             Err(_) => Err(ForwardError::Api(ApiError::try_again(format!(
@@ -305,6 +309,8 @@ impl Node {
     /// every command is idempotent. Once it returns, this node's replica
     /// shows the write.
     pub async fn propose(&self, command: Command) -> Result<Reply, ApiError> {
+        // Every node writes every entry: this one must have room too.
+        self.disk.check()?;
         let committed = self
             .at_leader(
                 "write",
@@ -375,6 +381,7 @@ impl Node {
 
     /// Can a write be committed now? Confirms a leader with a quorum.
     pub async fn ensure_writable(&self) -> Result<(), ApiError> {
+        self.disk.check()?;
         self.read_barrier().await
     }
 

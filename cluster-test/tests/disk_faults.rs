@@ -1,0 +1,134 @@
+//! The disk under the data directory: full, then freed; files damaged.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+use ipkeep_cluster_test::cni::{ipam, ipam_only_conf, CniCall, CniOutput};
+use ipkeep_cluster_test::ctl::{ctl, held};
+use ipkeep_cluster_test::daemon::{Daemon, DaemonOptions};
+use serde_json::json;
+
+fn add(d: &Daemon, cid: &str) -> CniOutput {
+    let conf = ipam_only_conf(
+        "1.1.0",
+        "podnet",
+        ipam(json!("pods"), &d.socket(), &d.scratch().join("plugin.log")),
+    );
+    CniCall::ipkeep("ADD")
+        .attachment(cid, "eth0", &format!("/run/netns/{cid}"))
+        .stdin(&conf)
+        .run()
+}
+
+/// Writes zeros into `path` until the filesystem is full.
+fn fill(path: &Path) {
+    let mut file = std::fs::File::create(path).expect("filler");
+    let chunk = vec![0u8; 1 << 20];
+    loop {
+        match file.write(&chunk) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+            Err(e) => panic!("filling {}: {e}", path.display()),
+        }
+    }
+    // The last partial chunk too: nothing left at all.
+    let _ = file.write_all(&[0u8; 4096]);
+}
+
+fn holding(d: &Daemon) -> BTreeMap<String, String> {
+    held(&d.socket(), &[])
+        .into_iter()
+        .map(|(ip, cid)| (cid, ip))
+        .collect()
+}
+
+#[test]
+fn a_full_disk_refuses_writes_clearly_loses_nothing_and_recovers_by_itself() {
+    let mut d = Daemon::start(DaemonOptions {
+        default_subnet: "pods=10.71.0.0/22".into(),
+        data_tmpfs_mib: Some(48),
+        extra_args: vec!["--min-free-space".into(), "8MiB".into()],
+        ..Default::default()
+    });
+    let mut acknowledged = BTreeMap::new();
+    for i in 0..10 {
+        let cid = format!("before{i}");
+        let out = add(&d, &cid);
+        assert!(out.ok(), "{}", out.stdout);
+        acknowledged.insert(cid, out.addresses()[0].clone());
+    }
+
+    let filler = d.data_dir().join("filler");
+    fill(&filler);
+    let out = add(&d, "during");
+    assert_eq!(out.error_code(), 11, "{}", out.stdout);
+    let text = out.error_text();
+    assert!(
+        text.contains("--min-free-space") && text.contains(&d.data_dir().display().to_string()),
+        "{text}"
+    );
+    // Reads still work, and show everything acknowledged.
+    assert_eq!(holding(&d), acknowledged);
+    let status = CniCall::ipkeep("STATUS")
+        .stdin(&ipam_only_conf(
+            "1.1.0",
+            "podnet",
+            ipam(json!("pods"), &d.socket(), &d.scratch().join("plugin.log")),
+        ))
+        .run();
+    assert!(!status.ok(), "STATUS must say writes are not possible");
+
+    // Space returns: writes resume without a restart.
+    std::fs::remove_file(&filler).unwrap();
+    let out = add(&d, "after");
+    assert!(out.ok(), "{}", out.stdout);
+    acknowledged.insert("after".into(), out.addresses()[0].clone());
+    assert_eq!(holding(&d), acknowledged);
+    assert!(ctl(&d.socket(), &["status"]).ok());
+
+    // Nothing half-written: the store opens after kill -9 with all of it.
+    d.kill9();
+    d.restart();
+    assert_eq!(holding(&d), acknowledged);
+}
+
+/// Without the floor (or when something else fills the disk between the
+/// check and the write), sled meets ENOSPC: the daemon stops with that
+/// error rather than serve from a store that failed a write, and once
+/// space returns a restart serves everything it acknowledged.
+#[test]
+fn a_write_that_meets_a_full_disk_stops_the_node_and_a_restart_loses_nothing() {
+    let mut d = Daemon::start(DaemonOptions {
+        default_subnet: "pods=10.72.0.0/20".into(),
+        data_tmpfs_mib: Some(48),
+        extra_args: vec!["--min-free-space".into(), "0".into()],
+        ..Default::default()
+    });
+    let filler = d.data_dir().join("filler");
+    fill(&filler);
+    let mut acknowledged = BTreeMap::new();
+    let mut refused = None;
+    for i in 0..3000 {
+        let cid = format!("c{i}");
+        let out = add(&d, &cid);
+        if out.ok() {
+            acknowledged.insert(cid, out.addresses()[0].clone());
+        } else {
+            refused = Some(out);
+            break;
+        }
+    }
+    let refused = refused.expect("a full disk must stop writes at some point");
+    assert_eq!(refused.error_code(), 11, "{}", refused.stdout);
+    let status = d.wait_exit(std::time::Duration::from_secs(30));
+    assert!(!status.success());
+    assert!(d.log().contains("No space left on device"), "{}", d.log());
+
+    std::fs::remove_file(&filler).unwrap();
+    d.restart();
+    assert_eq!(holding(&d), acknowledged);
+    let out = add(&d, "after");
+    assert!(out.ok(), "{}", out.stdout);
+}
