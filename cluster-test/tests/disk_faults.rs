@@ -132,3 +132,107 @@ fn a_write_that_meets_a_full_disk_stops_the_node_and_a_restart_loses_nothing() {
     let out = add(&d, "after");
     assert!(out.ok(), "{}", out.stdout);
 }
+
+fn db_file(data: &Path) -> std::path::PathBuf {
+    data.join("db").join("db")
+}
+
+/// Starts ipkeepd on `data` and expects it to refuse: non-zero exit within
+/// a bound, nothing served. Returns its stderr.
+fn refused_start(data: &Path) -> String {
+    let socket = data.with_extension("sock");
+    let out = std::process::Command::new(ipkeep_cluster_test::bins::bin("ipkeepd"))
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--socket")
+        .arg(&socket)
+        .args(["--default-subnet", "pods=10.74.0.0/22"])
+        .output()
+        .expect("exec ipkeepd");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "served from damaged data: {stderr}");
+    assert!(!socket.exists(), "a socket was left behind");
+    stderr
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("cp");
+    assert!(status.success());
+}
+
+/// sled recovers a damaged file by keeping its longest valid prefix, which
+/// would silently drop acknowledged writes. The commit witness beside it
+/// catches that at start, and the message says which file and what to do.
+#[test]
+fn a_damaged_or_truncated_database_is_refused_at_start_with_what_to_do() {
+    let mut d = Daemon::start(DaemonOptions {
+        default_subnet: "pods=10.74.0.0/22".into(),
+        ..Default::default()
+    });
+    for i in 0..60 {
+        let out = add(&d, &format!("c{i}"));
+        assert!(out.ok(), "{}", out.stdout);
+    }
+    d.kill9();
+    let work = tempfile::tempdir().unwrap();
+    let len = std::fs::metadata(db_file(&d.data_dir())).unwrap().len();
+
+    type Damage = Box<dyn Fn(&Path)>;
+    let damages: Vec<(&str, Damage)> = vec![
+        (
+            "truncated to half",
+            Box::new(move |data: &Path| {
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(db_file(data))
+                    .unwrap();
+                f.set_len(len / 2).unwrap();
+            }),
+        ),
+        (
+            "bytes overwritten in the middle",
+            Box::new(move |data: &Path| {
+                use std::os::unix::fs::FileExt;
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(db_file(data))
+                    .unwrap();
+                f.write_all_at(&[0xa5; 256], len / 2).unwrap();
+            }),
+        ),
+        (
+            "database file removed",
+            Box::new(|data: &Path| std::fs::remove_file(db_file(data)).unwrap()),
+        ),
+    ];
+    for (what, damage) in damages {
+        let data = work.path().join(what.replace(' ', "-"));
+        copy_dir(&d.data_dir(), &data);
+        damage(&data);
+        let stderr = refused_start(&data);
+        for needed in ["lost acknowledged writes", "learner", "--restore", "db"] {
+            assert!(
+                stderr.contains(needed),
+                "{what}: {needed:?} missing in {stderr}"
+            );
+        }
+    }
+
+    let data = work.path().join("witness-damaged");
+    copy_dir(&d.data_dir(), &data);
+    std::fs::write(data.join("commit.witness"), b"garbage").unwrap();
+    let stderr = refused_start(&data);
+    assert!(
+        stderr.contains("commit.witness") && stderr.contains("damaged"),
+        "{stderr}"
+    );
+
+    // The undamaged original still starts, with everything.
+    d.restart();
+    assert_eq!(holding(&d).len(), 60);
+}

@@ -7,19 +7,25 @@ use std::io;
 use std::sync::mpsc;
 use std::thread;
 
+use std::sync::Arc;
+
 use openraft::storage::LogFlushed;
 
+use super::witness::CommitWitness;
 use crate::types::TypeConfig;
+
+/// An append waiting for its flush: its callback and its last index.
+type Job = (LogFlushed<TypeConfig>, u64);
 
 pub struct Flusher {
     /// None once dropping: closing the channel ends the thread.
-    jobs: Option<mpsc::Sender<LogFlushed<TypeConfig>>>,
+    jobs: Option<mpsc::Sender<Job>>,
     thread: Option<thread::JoinHandle<()>>,
 }
 
 impl Flusher {
-    pub fn start(db: sled::Db) -> io::Result<Flusher> {
-        let (jobs, pending) = mpsc::channel::<LogFlushed<TypeConfig>>();
+    pub fn start(db: sled::Db, witness: Arc<CommitWitness>) -> io::Result<Flusher> {
+        let (jobs, pending) = mpsc::channel::<Job>();
         let thread = thread::Builder::new()
             .name("ipkeep-log-flush".into())
             .spawn(move || {
@@ -28,7 +34,12 @@ impl Flusher {
                     let mut group = vec![first];
                     group.extend(pending.try_iter());
                     let outcome = db.flush().map(|_| ());
-                    for done in group {
+                    if outcome.is_ok() {
+                        if let Some(last) = group.iter().map(|(_, index)| *index).max() {
+                            witness.flushed(last);
+                        }
+                    }
+                    for (done, _) in group {
                         // Callbacks fire in submission order, after the flush.
                         done.log_io_completed(
                             outcome
@@ -45,10 +56,13 @@ impl Flusher {
         })
     }
 
-    /// Acknowledges `done` once everything written so far is on disk.
-    pub fn submit(&self, done: LogFlushed<TypeConfig>) {
+    /// Acknowledges `done` once everything written so far (up to
+    /// `last_index`) is on disk.
+    pub fn submit(&self, done: LogFlushed<TypeConfig>, last_index: u64) {
         let sent = match &self.jobs {
-            Some(jobs) => jobs.send(done).map_err(|mpsc::SendError(done)| done),
+            Some(jobs) => jobs
+                .send((done, last_index))
+                .map_err(|mpsc::SendError((done, _))| done),
             None => Err(done),
         };
         if let Err(done) = sent {

@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::flusher::Flusher;
+use super::witness::CommitWitness;
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
 const LOG_TREE: &str = "raft_log";
@@ -54,6 +55,7 @@ struct Inner {
     log: sled::Tree,
     meta: sled::Tree,
     flusher: Flusher,
+    witness: Arc<CommitWitness>,
     /// The committed index openraft last reported, plus one (0: none), for
     /// the metrics.
     committed: std::sync::atomic::AtomicU64,
@@ -66,18 +68,44 @@ pub struct LogStore {
 }
 
 impl LogStore {
-    pub(super) fn open(db: sled::Db) -> Result<LogStore, sled::Error> {
+    pub(super) fn open(db: sled::Db, witness: Arc<CommitWitness>) -> Result<LogStore, sled::Error> {
         let log = db.open_tree(LOG_TREE)?;
         let meta = db.open_tree(META_TREE)?;
-        let flusher = Flusher::start(db.clone())?;
-        Ok(LogStore {
+        let flusher = Flusher::start(db.clone(), witness.clone())?;
+        let store = LogStore {
             inner: Arc::new(Inner {
                 db,
                 log,
                 meta,
                 flusher,
+                witness,
                 committed: std::sync::atomic::AtomicU64::new(0),
             }),
+        };
+        // What is in the database now is on disk.
+        if let Ok(Some(last)) = store.last_index() {
+            store.inner.witness.flushed(last);
+        }
+        Ok(store)
+    }
+
+    /// The index of the last entry the log holds or held (a purge keeps its
+    /// last index), None when it never held one.
+    pub fn last_index(&self) -> Result<Option<u64>, StorageError> {
+        let purged = self.last_purged()?.map(|id| id.index);
+        let last = self
+            .inner
+            .log
+            .last()
+            .map_err(|e| StorageIOError::read_logs(&e))?;
+        Ok(match last {
+            Some((key, _)) if key.as_ref() != PURGED_KEY => {
+                let bytes: [u8; 8] = key.as_ref().try_into().map_err(|_| {
+                    StorageIOError::read_logs(AnyError::error("log key is not an index"))
+                })?;
+                Some(u64::from_be_bytes(bytes))
+            }
+            _ => purged,
         })
     }
 
@@ -100,7 +128,8 @@ impl LogStore {
     }
 
     pub fn sync(&self) -> std::io::Result<()> {
-        self.flush().map_err(std::io::Error::other)
+        self.flush().map_err(std::io::Error::other)?;
+        self.inner.witness.sync()
     }
 
     fn read_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, AnyError> {
@@ -236,6 +265,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             self.inner
                 .committed
                 .store(c.index + 1, std::sync::atomic::Ordering::Relaxed);
+            self.inner.witness.committed(c.index);
         }
         // Not flushed: it only lets a restarted node re-apply sooner.
         let bytes = encode(&committed).map_err(|e| StorageIOError::write(&e))?;
@@ -263,15 +293,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut batch = sled::Batch::default();
+        let mut last = 0;
         for entry in entries {
             let bytes = encode(&entry).map_err(|e| StorageIOError::write_logs(&e))?;
             batch.insert(&index_key(entry.log_id.index), bytes);
+            last = last.max(entry.log_id.index);
         }
         self.inner
             .log
             .apply_batch(batch)
             .map_err(|e| StorageIOError::write_logs(&e))?;
-        self.inner.flusher.submit(callback);
+        self.inner.flusher.submit(callback, last);
         Ok(())
     }
 
@@ -319,7 +351,9 @@ mod tests {
 
     fn store_with(indexes: impl IntoIterator<Item = u64>) -> LogStore {
         let db = sled::Config::new().temporary(true).open().unwrap();
-        let store = LogStore::open(db).unwrap();
+        let witness_dir = tempfile::tempdir().unwrap();
+        let (witness, _) = CommitWitness::open(&witness_dir.path().join("w")).unwrap();
+        let store = LogStore::open(db, Arc::new(witness)).unwrap();
         for i in indexes {
             let entry = Entry {
                 log_id: log_id(1, 1, i),

@@ -25,6 +25,7 @@ mod flusher;
 mod log_store;
 mod snapshot_file;
 mod state_machine;
+mod witness;
 
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
@@ -76,6 +77,19 @@ pub enum OpenError {
         #[source]
         source: RecordError,
     },
+    #[error("the Raft log in {} ends at {last} but the commit witness {} shows that entries up to {committed} were committed and flushed here: the database file was damaged or truncated and lost acknowledged writes, and ipkeepd will not serve from it. Move the data directory away, start this node with an empty one and rejoin it as a learner (ipkeepctl member add), or bring a new cluster up from a backup (ipkeepd --restore FILE)", db.display(), witness.display())]
+    LostWrites {
+        db: PathBuf,
+        witness: PathBuf,
+        committed: u64,
+        /// "entry N", or "nothing (it is empty)".
+        last: String,
+    },
+    #[error("the commit witness cannot be trusted. If the database is known to be intact, remove the witness and start again (it is rebuilt); if not, rejoin this node as a learner with an empty data directory, or restore a backup")]
+    Witness {
+        #[source]
+        source: witness::WitnessError,
+    },
     #[error("the snapshot in {} is damaged: {source}. Move it away; the node rebuilds it from its state, or rejoin it as a learner", path.display())]
     Snapshot {
         path: PathBuf,
@@ -86,6 +100,7 @@ pub enum OpenError {
 
 const DB_DIR: &str = "db";
 const SNAPSHOT_DIR: &str = "snapshots";
+const WITNESS_FILE: &str = "commit.witness";
 
 fn create_private_dir(path: &Path) -> Result<(), OpenError> {
     fs::DirBuilder::new()
@@ -120,10 +135,27 @@ pub fn open(
                 source,
             },
         })?;
-    let log = LogStore::open(db.clone()).map_err(|source| OpenError::Database {
-        path: db_path.clone(),
-        source,
+    let witness_path = data_dir.join(WITNESS_FILE);
+    let (witness, witnessed) = witness::CommitWitness::open(&witness_path)
+        .map_err(|source| OpenError::Witness { source })?;
+    let log = LogStore::open(db.clone(), std::sync::Arc::new(witness)).map_err(|source| {
+        OpenError::Database {
+            path: db_path.clone(),
+            source,
+        }
     })?;
+    let last = log.last_index().map_err(|e| OpenError::Database {
+        path: db_path.clone(),
+        source: sled::Error::Unsupported(e.to_string()),
+    })?;
+    if witnessed > last.map_or(0, |l| l + 1) {
+        return Err(OpenError::LostWrites {
+            db: db_path,
+            witness: witness_path,
+            committed: witnessed - 1,
+            last: last.map_or("nothing (it is empty)".into(), |l| format!("entry {l}")),
+        });
+    }
     let state_machine = StateMachineStore::open(db, &db_path, snapshot_dir)?;
     Ok((log, state_machine))
 }
