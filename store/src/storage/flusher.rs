@@ -14,8 +14,9 @@ use openraft::storage::LogFlushed;
 use super::witness::CommitWitness;
 use crate::types::TypeConfig;
 
-/// An append waiting for its flush: its callback and its last index.
-type Job = (LogFlushed<TypeConfig>, u64);
+/// An append waiting for its flush: its callback, its last index and the
+/// witness's truncation epoch when it was made.
+type Job = (LogFlushed<TypeConfig>, u64, u64);
 
 pub struct Flusher {
     /// None once dropping: closing the channel ends the thread.
@@ -35,11 +36,11 @@ impl Flusher {
                     group.extend(pending.try_iter());
                     let outcome = db.flush().map(|_| ());
                     if outcome.is_ok() {
-                        if let Some(last) = group.iter().map(|(_, index)| *index).max() {
-                            witness.flushed(last);
+                        for (_, index, epoch) in &group {
+                            witness.flushed(*index, *epoch);
                         }
                     }
-                    for (done, _) in group {
+                    for (done, _, _) in group {
                         // Callbacks fire in submission order, after the flush.
                         done.log_io_completed(
                             outcome
@@ -57,12 +58,12 @@ impl Flusher {
     }
 
     /// Acknowledges `done` once everything written so far (up to
-    /// `last_index`) is on disk.
-    pub fn submit(&self, done: LogFlushed<TypeConfig>, last_index: u64) {
+    /// `last_index`, appended in the witness's `epoch`) is on disk.
+    pub fn submit(&self, done: LogFlushed<TypeConfig>, last_index: u64, epoch: u64) {
         let sent = match &self.jobs {
             Some(jobs) => jobs
-                .send((done, last_index))
-                .map_err(|mpsc::SendError((done, _))| done),
+                .send((done, last_index, epoch))
+                .map_err(|mpsc::SendError((done, _, _))| done),
             None => Err(done),
         };
         if let Err(done) = sent {

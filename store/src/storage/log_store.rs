@@ -84,7 +84,8 @@ impl LogStore {
         };
         // What is in the database now is on disk.
         if let Ok(Some(last)) = store.last_index() {
-            store.inner.witness.flushed(last);
+            let epoch = store.inner.witness.epoch();
+            store.inner.witness.flushed(last, epoch);
         }
         Ok(store)
     }
@@ -303,11 +304,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .log
             .apply_batch(batch)
             .map_err(|e| StorageIOError::write_logs(&e))?;
-        self.inner.flusher.submit(callback, last);
+        let epoch = self.inner.witness.epoch();
+        self.inner.flusher.submit(callback, last, epoch);
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // First, so that the witness never counts entries that are gone.
+        self.inner.witness.truncated(log_id.index);
         let mut batch = sled::Batch::default();
         for key in self.inner.log.range(index_key(log_id.index)..).keys() {
             batch.remove(key.map_err(|e| StorageIOError::write_logs(&e))?);

@@ -44,6 +44,9 @@ struct Marks {
     committed: u64,
     flushed: u64,
     recorded: u64,
+    /// Bumped by each truncation: a flush reported for appends made before
+    /// it must not raise `flushed` over entries that are gone.
+    epoch: u64,
 }
 
 pub struct CommitWitness {
@@ -121,9 +124,28 @@ impl CommitWitness {
         self.advance(|m| m.committed = m.committed.max(index + 1));
     }
 
-    /// The log is flushed on this node up to and including `index`.
-    pub fn flushed(&self, index: u64) {
-        self.advance(|m| m.flushed = m.flushed.max(index + 1));
+    /// The truncation epoch to pass to [`CommitWitness::flushed`] for an
+    /// append made now.
+    pub fn epoch(&self) -> u64 {
+        self.marks.lock().unwrap_or_else(|p| p.into_inner()).epoch
+    }
+
+    /// The log is flushed on this node up to and including `index`, for
+    /// appends made in `epoch`.
+    pub fn flushed(&self, index: u64, epoch: u64) {
+        self.advance(|m| {
+            if m.epoch == epoch {
+                m.flushed = m.flushed.max(index + 1);
+            }
+        });
+    }
+
+    /// The log was truncated from `since` on (entries a new leader
+    /// replaced; never committed ones).
+    pub fn truncated(&self, since: u64) {
+        let mut marks = self.marks.lock().unwrap_or_else(|p| p.into_inner());
+        marks.flushed = marks.flushed.min(since);
+        marks.epoch += 1;
     }
 
     fn advance(&self, update: impl FnOnce(&mut Marks)) {
@@ -161,12 +183,32 @@ mod tests {
         assert_eq!(before, 0);
         w.committed(9);
         assert_eq!(CommitWitness::open(&path).unwrap().1, 0, "not flushed yet");
-        w.flushed(5);
+        w.flushed(5, w.epoch());
         assert_eq!(CommitWitness::open(&path).unwrap().1, 6);
-        w.flushed(20);
+        w.flushed(20, w.epoch());
         assert_eq!(CommitWitness::open(&path).unwrap().1, 10);
         w.committed(3);
         assert_eq!(CommitWitness::open(&path).unwrap().1, 10, "never back");
+    }
+
+    /// Flushed but uncommitted entries that a new leader replaces must not
+    /// count: after the truncation, only new flushes raise the mark, and a
+    /// flush of appends made before it is ignored.
+    #[test]
+    fn a_truncation_lowers_what_counts_as_flushed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w");
+        let (w, _) = CommitWitness::open(&path).unwrap();
+        let before = w.epoch();
+        w.flushed(100, before);
+        w.committed(80);
+        assert_eq!(CommitWitness::open(&path).unwrap().1, 81);
+        w.truncated(90);
+        w.flushed(100, before); // a late report from before the truncation
+        w.committed(98); // entries 90..=98 of the new leader, not flushed yet
+        assert_eq!(CommitWitness::open(&path).unwrap().1, 90);
+        w.flushed(98, w.epoch());
+        assert_eq!(CommitWitness::open(&path).unwrap().1, 99);
     }
 
     #[test]
