@@ -261,7 +261,12 @@ impl Cluster {
                 ],
                 None => vec!["--reconcile".to_owned(), "off".to_owned()],
             })
-            .env("RUST_LOG", "info,openraft=warn")
+            // IPKEEP_TEST_RUST_LOG adds detail to a run under study.
+            .env(
+                "RUST_LOG",
+                std::env::var("IPKEEP_TEST_RUST_LOG")
+                    .unwrap_or_else(|_| "info,openraft=warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);

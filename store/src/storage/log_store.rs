@@ -244,6 +244,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        // After every earlier append is acknowledged (see the flusher).
+        self.inner
+            .flusher
+            .barrier()
+            .await
+            .map_err(|e| StorageIOError::write_vote(&e))?;
         let bytes = encode(vote).map_err(|e| StorageIOError::write_vote(&e))?;
         self.inner
             .meta
@@ -310,6 +316,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // After every earlier append is acknowledged: an append's callback
+        // must never report entries this truncation removed (see the flusher).
+        self.inner
+            .flusher
+            .barrier()
+            .await
+            .map_err(|e| StorageIOError::write_logs(&e))?;
         // First, so that the witness never counts entries that are gone.
         self.inner.witness.truncated(log_id.index);
         let mut batch = sled::Batch::default();
@@ -325,6 +338,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.inner
+            .flusher
+            .barrier()
+            .await
+            .map_err(|e| StorageIOError::write_logs(&e))?;
         let mut batch = sled::Batch::default();
         batch.insert(
             PURGED_KEY,

@@ -293,18 +293,51 @@ impl StateMachineStore {
             return Ok(replies);
         };
         for entry in entries {
+            // Applying an entry twice is not harmless (a DEL between two ADDs
+            // of one attachment would release its new address), and skipping
+            // one loses a decision: either would make this replica diverge
+            // from the others for good. Neither should ever be asked; if it
+            // is, skip what is already in the state and report a gap.
+            let expected = machine.last_applied.map_or(0, |l| l.index + 1);
+            if machine.last_applied.is_some() && entry.log_id.index < expected {
+                tracing::error!(
+                    index = entry.log_id.index,
+                    applied = ?machine.last_applied,
+                    "asked to apply an entry already in the state; skipped"
+                );
+                replies.push(Reply::Done);
+                continue;
+            }
+            if machine.last_applied.is_some() && entry.log_id.index > expected {
+                // openraft never does this in a running cluster (its storage
+                // suite does, on purpose); say so loudly if it ever happens.
+                tracing::error!(
+                    index = entry.log_id.index,
+                    applied = ?machine.last_applied,
+                    "applying an entry after a gap: entries in between were never applied here"
+                );
+            }
             let reply = match entry.payload {
                 EntryPayload::Blank => Reply::Done,
                 EntryPayload::Normal(ref command) => machine.state.apply(command, &mut journal),
-                EntryPayload::Membership(membership) => {
-                    machine.membership = StoredMembership::new(Some(entry.log_id), membership);
+                EntryPayload::Membership(ref membership) => {
+                    machine.membership =
+                        StoredMembership::new(Some(entry.log_id), membership.clone());
                     membership_changed = true;
                     Reply::Done
                 }
             };
+            tracing::debug!(
+                target: "ipkeep_store::apply",
+                index = entry.log_id.index,
+                term = entry.log_id.leader_id.term,
+                command = ?entry.payload,
+                reply = ?reply,
+                "applied"
+            );
             replies.push(reply);
+            machine.last_applied = Some(entry.log_id);
         }
-        machine.last_applied = Some(last);
 
         let mut batch = sled::Batch::default();
         for change in journal {
@@ -410,6 +443,19 @@ impl StateMachineStore {
                 file_meta.last_log_id, meta.last_log_id
             )))
             .into());
+        }
+        let applied = self.inner.machine.read().last_applied;
+        if file_meta.last_log_id <= applied {
+            // Installing it would take the state back to an older point
+            // while the entries after that point are not applied again: the
+            // state would lose decisions and differ from the other nodes'.
+            tracing::warn!(
+                snapshot = ?file_meta.last_log_id,
+                applied = ?applied,
+                "a received snapshot is not newer than the state; kept the state"
+            );
+            let _ = fs::remove_file(&tmp);
+            return Ok(());
         }
         let mut current = self.current();
         snapshot_file::publish(&tmp, &self.current_path()).map_err(|e| err(&e))?;
