@@ -102,12 +102,12 @@ fn random_command(rng: &mut Rng, now_ms: u64, held: &BTreeMap<String, u64>) -> C
             issued_us: (now_ms - rng.below(2) * 1000) * 1000,
         },
         8 => {
-            let attachments = held
-                .iter()
-                .filter_map(|(cid, since)| {
-                    (rng.below(4) == 0).then(|| (key(cid), *since + rng.below(2)))
-                })
-                .collect();
+            let mut attachments = Vec::new();
+            for (cid, since) in held {
+                if rng.below(4) == 0 {
+                    attachments.push((key(cid), *since + rng.below(2)));
+                }
+            }
             Command::Reclaim {
                 attachments,
                 at_ms: now_ms,
