@@ -4,6 +4,7 @@
 //! environment and stdin, `ipkeepctl` exec'd, and pods as network
 //! namespaces.
 
+pub mod bench;
 pub mod bins;
 pub mod chaos;
 pub mod checker;
