@@ -50,19 +50,17 @@ pub struct FirstTask {
     pub required: bool,
 }
 
+/// `initialized`: whether the node held cluster state when it started,
+/// read before its peer listener came up.
 pub async fn bootstrap(
     node: &Arc<Node>,
+    initialized: bool,
     formation: &Formation,
     listen: &str,
     data_dir: &Path,
     first: Option<FirstTask>,
 ) -> anyhow::Result<()> {
     let marker = data_dir.join(MARKER);
-    let initialized = node
-        .raft
-        .is_initialized()
-        .await
-        .context("reading raft state")?;
     // Like the member list, --restore only seeds a new cluster: a node that
     // has state (it restored before, or never was new) resumes and says so.
     let first = match first {

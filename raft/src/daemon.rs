@@ -147,6 +147,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    // Whether this node is new is decided now, before any peer can reach
+    // it: once the listener is up, a faster member's leader may replicate
+    // the cluster's first entries here before bootstrap looks, and the
+    // lowest member would then skip the new cluster's first task.
+    let was_initialized = raft.is_initialized().await.context("reading raft state")?;
     // Peers must reach this node before it can take part in an election.
     let peer_serving = match &secret {
         Some(secret) => {
@@ -162,6 +167,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     bootstrap(
         &node,
+        was_initialized,
         &formation(&args),
         &listen,
         &args.data_dir,
