@@ -13,6 +13,7 @@ pub mod message;
 pub mod model;
 pub mod names;
 pub mod os;
+pub mod units;
 
 pub use client::{Client, ClientError};
 pub use error::{code, ApiError};

@@ -6,16 +6,7 @@ use ipkeep_api::model::{IpRange, PodPattern};
 use ipnet::IpNet;
 
 pub fn cidr(s: &str) -> Result<IpNet, String> {
-    let net: IpNet = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not a CIDR (e.g. 10.22.0.0/16)"))?;
-    if net.trunc() != net {
-        return Err(format!(
-            "{net} has host bits set; the network is {}",
-            net.trunc()
-        ));
-    }
-    Ok(net)
+    ipkeep_api::units::network(s)
 }
 
 pub fn range(s: &str) -> Result<IpRange, String> {
@@ -49,25 +40,8 @@ pub fn pod(s: &str) -> Result<(String, String), String> {
     Ok((ns.to_owned(), name.to_owned()))
 }
 
-/// 90s, 30m, 24h, 7d.
 pub fn duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 90s, 30m, 24h or 7d"))?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
-        _ => return Err(format!("{s:?}: give a unit: s, m, h or d")),
-    };
-    if secs == 0 {
-        return Err("must be above 0".into());
-    }
-    Ok(Duration::from_secs(secs))
+    ipkeep_api::units::duration(s)
 }
 
 /// Milliseconds as the shortest of d, h, m, s that is exact.

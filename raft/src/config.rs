@@ -235,39 +235,15 @@ fn parse_default_subnet(s: &str) -> Result<DefaultSubnet, String> {
         .split_once('=')
         .ok_or_else(|| format!("{s:?} is not NAME=CIDR (e.g. default=10.22.0.0/16) or none"))?;
     ipkeep_api::names::check_object_name(name).map_err(|r| format!("name {r}"))?;
-    let cidr: IpNet = cidr
-        .parse()
-        .map_err(|_| format!("{cidr:?} is not a CIDR (e.g. 10.22.0.0/16)"))?;
-    if cidr.trunc() != cidr {
-        return Err(format!(
-            "{cidr} has host bits set; the network is {}",
-            cidr.trunc()
-        ));
-    }
+    let cidr = ipkeep_api::units::network(cidr)?;
     Ok(DefaultSubnet::Create {
         name: name.to_owned(),
         cidr,
     })
 }
 
-/// `500ms`, `30s`, `5m`, `1h`.
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (e.g. 500ms, 30s, 5m, 1h)"))?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        _ => return Err(format!("{s:?}: the unit must be ms, s, m or h")),
-    };
-    if d.is_zero() {
-        return Err("must be above zero".into());
-    }
-    Ok(d)
+    ipkeep_api::units::duration(s)
 }
 
 /// A size: plain bytes, or with a unit (K, M, G, KiB, MiB, GiB; powers of 1024).

@@ -37,25 +37,13 @@ struct Args {
     out: Option<PathBuf>,
 }
 
+/// As every ipkeep flag (ms, s, m, h, d), and plain seconds too.
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (number, unit) = s.trim().split_at(
-        s.trim()
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(s.trim().len()),
-    );
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 90s, 10m or 1h"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use s, m or h)")),
-    };
-    if secs == 0 {
-        return Err("must be at least 1 s".into());
+    let s = s.trim();
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return ipkeep_api::units::duration(&format!("{s}s"));
     }
-    Ok(Duration::from_secs(secs))
+    ipkeep_api::units::duration(s)
 }
 
 fn main() -> ExitCode {
