@@ -51,8 +51,11 @@ fn ip_list(c: &Cluster, node: u64, linearizable: bool) -> BTreeMap<String, Strin
         .collect()
 }
 
+/// The members as `node` sees them once it has caught up with every change
+/// committed before the call (a change made through another node is
+/// committed by a quorum that need not include `node`).
 fn members(c: &Cluster, node: u64) -> Vec<(u64, String)> {
-    c.ctl(node, &["member", "list", "-o", "json"])
+    c.ctl(node, &["member", "list", "--linearizable", "-o", "json"])
         .json()
         .as_array()
         .unwrap()
