@@ -80,6 +80,16 @@ impl PeerClient {
             let e = std::io::Error::other("this node has no cluster secret and runs alone");
             return Err(Failure::Unreachable(ConnError::Io(e)));
         };
+        if self.conn.as_ref().is_some_and(|c| !c.in_step()) {
+            // openraft dropped the previous RPC at its timeout, after the
+            // request went out: its answer may still be on the way, and must
+            // not be taken for the answer to this one.
+            tracing::debug!(
+                target_node = self.target,
+                "replacing a peer connection whose last RPC was abandoned"
+            );
+            self.conn = None;
+        }
         let conn = match &mut self.conn {
             Some(conn) => conn,
             None => {

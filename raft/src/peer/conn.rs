@@ -5,6 +5,7 @@
 //! connection (and only it).
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use ipkeep_api::codec::{self, CodecError};
@@ -36,6 +37,8 @@ pub enum ConnError {
     Codec(#[from] CodecError),
     #[error(transparent)]
     Io(#[from] io::Error),
+    #[error("the connection is out of step: an earlier call's answer was never read")]
+    OutOfStep,
 }
 
 pub struct PeerConn {
@@ -43,6 +46,12 @@ pub struct PeerConn {
     session: Session,
     /// The authenticated node id of the other end.
     pub peer_id: u64,
+    /// Set from sending a request until its answer has been read. A call
+    /// whose future is dropped halfway (openraft abandons an RPC at its own
+    /// timeout) leaves it set: that answer may still arrive, and the next
+    /// call would read it as its own (a stale "success" for an append the
+    /// follower never received). Such a connection is never used again.
+    awaiting_answer: bool,
 }
 
 impl PeerConn {
@@ -67,6 +76,7 @@ impl PeerConn {
                 stream,
                 session,
                 peer_id,
+                awaiting_answer: false,
             })
         };
         tokio::time::timeout(timeout, attempt)
@@ -90,7 +100,39 @@ impl PeerConn {
             stream,
             session,
             peer_id,
+            awaiting_answer: false,
         })
+    }
+
+    /// Whether every request sent on this connection has had its answer
+    /// read, so that the next frame to arrive answers the next request.
+    pub fn in_step(&self) -> bool {
+        !self.awaiting_answer
+    }
+
+    /// Whether an idle connection still looks usable: the peer has not
+    /// closed it (a restart) and has sent nothing unasked. A check, not a
+    /// promise: the peer may still go away before the next call.
+    pub fn looks_idle_and_open(&self) -> bool {
+        if !self.in_step() {
+            return false;
+        }
+        // A non-blocking peek asks the kernel itself; tokio's try_read would
+        // answer from its cached readiness, which may not have seen the
+        // peer's close yet.
+        let mut byte = 0u8;
+        // SAFETY: a one-byte buffer we own, on a socket we own; MSG_PEEK
+        // leaves any data in place and MSG_DONTWAIT never blocks.
+        let n = unsafe {
+            libc::recv(
+                self.stream.as_raw_fd(),
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        // 0 is the peer's close; a byte is an answer nobody asked for.
+        n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
     }
 
     pub async fn send<T: Serialize>(&mut self, message: &T) -> Result<(), ConnError> {
@@ -122,16 +164,24 @@ impl PeerConn {
         Ok(Some(codec::decode_frame_body(body)?))
     }
 
-    /// One request, one response, within `timeout`.
+    /// One request, one response, within `timeout`. Refused on a connection
+    /// that is out of step (see `awaiting_answer`).
     pub async fn call<Q: Serialize, R: DeserializeOwned>(
         &mut self,
         request: &Q,
         timeout: Duration,
     ) -> Result<R, ConnError> {
+        if self.awaiting_answer {
+            return Err(ConnError::OutOfStep);
+        }
+        self.awaiting_answer = true;
         let exchange = async {
             self.send(request).await?;
             match self.recv().await? {
-                Some(r) => Ok(r),
+                Some(r) => {
+                    self.awaiting_answer = false;
+                    Ok(r)
+                }
                 None => Err(ConnError::Io(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "peer closed the connection",

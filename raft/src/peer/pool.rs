@@ -1,6 +1,7 @@
 //! Reused connections to other nodes, for forwarded writes and reads. Many
 //! callers may forward at once, so a node keeps several idle connections per
-//! peer; a connection that fails is dropped, never returned to the pool.
+//! peer; a connection that fails, or whose call was abandoned, is dropped
+//! (it is owned by the call), never returned to the pool.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -34,12 +35,17 @@ impl PeerPool {
         &self.secret
     }
 
+    /// An idle connection to `addr` that still looks open; the others are
+    /// dropped on the way.
     fn take(&self, addr: &str) -> Option<PeerConn> {
-        self.idle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_mut(addr)
-            .and_then(Vec::pop)
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let conns = idle.get_mut(addr)?;
+        while let Some(conn) = conns.pop() {
+            if conn.looks_idle_and_open() {
+                return Some(conn);
+            }
+        }
+        None
     }
 
     fn give_back(&self, addr: &str, conn: PeerConn) {
@@ -51,22 +57,23 @@ impl PeerPool {
     }
 
     /// Sends a request to the node at `addr` and waits for its answer.
+    ///
+    /// Exactly one attempt: once a request has gone out, a failure cannot
+    /// tell whether the peer acted on it, so retrying here would send a
+    /// write twice behind the caller's back. Callers retry knowingly.
     pub async fn call(
         &self,
         addr: &str,
         request: &PeerRequest,
         timeout: Duration,
     ) -> Result<PeerResponse, ConnError> {
-        // A pooled connection may have been closed by the peer (a restart):
-        // such a failure is retried once on a fresh connection.
-        if let Some(mut conn) = self.take(addr) {
-            if let Ok(response) = conn.call(request, timeout).await {
-                self.give_back(addr, conn);
-                return Ok(response);
+        let mut conn = match self.take(addr) {
+            Some(conn) => conn,
+            None => {
+                PeerConn::connect(addr, &self.secret, self.my_id, CONNECT_TIMEOUT.min(timeout))
+                    .await?
             }
-        }
-        let mut conn =
-            PeerConn::connect(addr, &self.secret, self.my_id, CONNECT_TIMEOUT.min(timeout)).await?;
+        };
         let response = conn.call(request, timeout).await?;
         self.give_back(addr, conn);
         Ok(response)
