@@ -332,6 +332,19 @@ pub struct NodeStatus {
     pub purged_index: Option<u64>,
     pub voters: Vec<u64>,
     pub learners: Vec<u64>,
+    /// The last snapshot this node built, since it started.
+    pub last_snapshot_built: Option<SnapshotTiming>,
+    /// The last snapshot this node installed from its leader, since it started.
+    pub last_snapshot_installed: Option<SnapshotTiming>,
+}
+
+/// One snapshot build or install: the log index it covers, how long it took
+/// and its size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotTiming {
+    pub index: u64,
+    pub millis: u64,
+    pub bytes: u64,
 }
 
 /// What a node's reconciler suspects.

@@ -85,6 +85,11 @@ impl ClusterNode {
         self.child.is_some()
     }
 
+    /// The daemon's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn is_serving(&self) -> bool {
         self.child.is_some() && !self.paused
     }

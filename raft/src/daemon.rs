@@ -113,6 +113,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let (log_store, state_machine) = storage::open(&args.data_dir, &options)?;
     let machine = state_machine.shared();
+    let snapshot_stats = state_machine.snapshot_stats();
     let log_sync = log_store.clone();
     let log_view = log_store.clone();
     let network = PeerNetwork {
@@ -134,6 +135,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         name: args.node_name().to_owned(),
         raft: raft.clone(),
         machine,
+        snapshot_stats,
         write_timeout: args.write_timeout_ms,
         peers: secret.clone().map(|s| PeerPool::new(s, args.node_id)),
         log: log_view,

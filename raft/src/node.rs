@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ipkeep_api::message::{ClusterStatus, MemberHealth, MemberInfo, NodeStatus};
 use ipkeep_api::{code, ApiError};
+use ipkeep_store::storage::snapshot_stats::SnapshotStats;
 use ipkeep_store::storage::{LogStore, SharedMachine};
 use ipkeep_store::types::{PeerNode, Raft};
 use ipkeep_store::{Command, Reply};
@@ -33,6 +34,7 @@ pub struct Node {
     pub name: String,
     pub raft: Raft,
     pub machine: SharedMachine,
+    pub snapshot_stats: SnapshotStats,
     pub write_timeout: Duration,
     /// Connections to other nodes; None when the node has no cluster secret
     /// (it then runs a single-node cluster).
@@ -513,6 +515,8 @@ impl Node {
             purged_index: metrics.purged.map(|l| l.index),
             voters,
             learners,
+            last_snapshot_built: self.snapshot_stats.last_built(),
+            last_snapshot_installed: self.snapshot_stats.last_installed(),
         }
     }
 }

@@ -24,6 +24,7 @@ pub mod backup;
 mod flusher;
 mod log_store;
 mod snapshot_file;
+pub mod snapshot_stats;
 mod state_machine;
 mod witness;
 

@@ -16,6 +16,7 @@ use openraft::{AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, Storag
 use serde::de::DeserializeOwned;
 
 use super::snapshot_file::{self, SnapshotFileError};
+use super::snapshot_stats::SnapshotStats;
 use super::OpenError;
 use crate::command::Reply;
 use crate::records::{self, Change, Record, RecordError};
@@ -75,6 +76,7 @@ struct Inner {
     /// Meta of the snapshot in `current.snap`. Held while that file is replaced
     /// or opened, so that a meta and a file handed out always match.
     current: Mutex<Option<SnapshotMeta>>,
+    stats: SnapshotStats,
 }
 
 /// openraft's state machine storage. Cloning is cheap; clones share one store.
@@ -259,8 +261,14 @@ impl StateMachineStore {
                 dir,
                 machine: SharedMachine(Arc::new(RwLock::new(machine))),
                 current: Mutex::new(current),
+                stats: SnapshotStats::default(),
             }),
         })
+    }
+
+    /// How long the last snapshot build and install took.
+    pub fn snapshot_stats(&self) -> SnapshotStats {
+        self.inner.stats.clone()
     }
 
     /// The in-memory state machine, for the daemon's reads.
@@ -363,6 +371,7 @@ impl StateMachineStore {
         let write_err = |e: &dyn std::error::Error| {
             StorageIOError::write_snapshot(None, AnyError::error(e.to_string()))
         };
+        let started = std::time::Instant::now();
         let id = self.inner.db.generate_id().map_err(|e| write_err(&e))?;
         let (meta, bytes) = {
             let machine = self.inner.machine.read();
@@ -394,7 +403,11 @@ impl StateMachineStore {
             return Ok(());
         }
         snapshot_file::publish(&tmp, &self.current_path()).map_err(|e| write_err(&e))?;
-        tracing::info!(snapshot = %meta.snapshot_id, bytes = bytes.len(), "snapshot built");
+        let took = started.elapsed();
+        tracing::info!(snapshot = %meta.snapshot_id, bytes = bytes.len(), millis = took.as_millis() as u64, "snapshot built");
+        self.inner
+            .stats
+            .record_built(meta.last_log_id.map(|l| l.index), took, bytes.len() as u64);
         *current = Some(meta);
         Ok(())
     }
@@ -417,6 +430,7 @@ impl StateMachineStore {
         meta: &SnapshotMeta,
         mut received: fs::File,
     ) -> Result<(), StorageError> {
+        let started = std::time::Instant::now();
         let sig = Some(meta.signature());
         let err = |e: &dyn std::error::Error| {
             StorageIOError::write_snapshot(sig.clone(), AnyError::error(e.to_string()))
@@ -463,11 +477,17 @@ impl StateMachineStore {
         let machine = restore_tree(&self.inner.db, &self.inner.tree, &self.current_path())
             .map_err(|e| err(&e))?;
         drop(current);
+        let took = started.elapsed();
+        let bytes = fs::metadata(self.current_path()).map_or(0, |m| m.len());
         tracing::info!(
             snapshot = %meta.snapshot_id,
             allocations = machine.state.allocation_count(),
+            millis = took.as_millis() as u64,
             "snapshot installed"
         );
+        self.inner
+            .stats
+            .record_installed(meta.last_log_id.map(|l| l.index), took, bytes);
         *self.inner.machine.write() = machine;
         remove_temporaries(&self.inner.dir);
         Ok(())

@@ -1,29 +1,16 @@
-//! The benchmark behind `ipkeep-bench`: ADD and DEL latency through the
-//! exec'd plugin, sequential and with concurrent callers, for the reference
-//! host-local plugin and for ipkeep on one node and on three voters, in one
-//! run on one machine; and plugin start-up (VERSION). Figures are printed,
-//! never asserted: this is a measurement, not a test.
+//! ADD and DEL latency through the exec'd plugin, sequential and with
+//! concurrent callers, and plugin start-up (VERSION): the same rows for the
+//! reference host-local plugin and for each ipkeep target.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
-use crate::cluster::{Cluster, ClusterOptions};
+use super::{percentile, BenchOptions};
 use crate::cni::{ipam_only_conf, CniCall};
-use crate::daemon::{Daemon, DaemonOptions};
-
-#[derive(Debug, Clone)]
-pub struct BenchOptions {
-    /// Calls per row (each row: this many ADDs, then as many DELs).
-    pub calls: usize,
-    /// Concurrent callers of the concurrent rows.
-    pub concurrency: Vec<usize>,
-    /// Where the table (bench.txt), the JSON (bench.json) and the daemons go.
-    pub out: PathBuf,
-}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
@@ -43,13 +30,13 @@ pub struct Row {
 }
 
 /// Something that answers CNI calls: how to build one call of it.
-trait Target: Sync {
+pub(crate) trait Target: Sync {
     fn name(&self) -> String;
     fn call(&self, command: &str, container: &str) -> CniCall;
 }
 
-struct HostLocal {
-    data_dir: PathBuf,
+pub(crate) struct HostLocal {
+    pub data_dir: PathBuf,
 }
 
 impl Target for HostLocal {
@@ -68,10 +55,12 @@ impl Target for HostLocal {
     }
 }
 
-struct Ipkeep {
-    label: String,
-    socket: PathBuf,
-    log: PathBuf,
+pub(crate) struct Ipkeep {
+    pub label: String,
+    /// The subnet the ipam config names.
+    pub subnet: String,
+    pub socket: PathBuf,
+    pub log: PathBuf,
 }
 
 impl Target for Ipkeep {
@@ -81,7 +70,7 @@ impl Target for Ipkeep {
     fn call(&self, command: &str, container: &str) -> CniCall {
         let ipam = json!({
             "type": "ipkeep",
-            "subnet": "bench",
+            "subnet": self.subnet,
             "socket": self.socket,
             "logFile": self.log,
             "logLevel": "warn",
@@ -92,17 +81,15 @@ impl Target for Ipkeep {
     }
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[rank].as_secs_f64() * 1000.0
-}
-
 /// Runs `calls` calls of `command` from `callers` threads; container ids
 /// are `prefix-N`, so that a DEL row releases what its ADD row took.
-fn measure(target: &dyn Target, command: &str, prefix: &str, calls: usize, callers: usize) -> Row {
+pub(crate) fn measure(
+    target: &dyn Target,
+    command: &str,
+    prefix: &str,
+    calls: usize,
+    callers: usize,
+) -> Row {
     let next = AtomicUsize::new(0);
     let failures = AtomicUsize::new(0);
     let started = Instant::now();
@@ -149,7 +136,7 @@ fn measure(target: &dyn Target, command: &str, prefix: &str, calls: usize, calle
     }
 }
 
-fn rows_for(target: &dyn Target, options: &BenchOptions, tag: &str) -> Vec<Row> {
+pub(crate) fn rows_for(target: &dyn Target, options: &BenchOptions, tag: &str) -> Vec<Row> {
     let mut rows = vec![measure(target, "VERSION", "v", options.calls, 1)];
     let mut callers = vec![1];
     callers.extend(&options.concurrency);
@@ -163,7 +150,7 @@ fn rows_for(target: &dyn Target, options: &BenchOptions, tag: &str) -> Vec<Row> 
 
 /// Fills in each ipkeep row's ratios to the host-local row of the same
 /// command and callers.
-fn add_ratios(rows: &mut [Row]) {
+pub(crate) fn add_ratios(rows: &mut [Row]) {
     let reference: Vec<Row> = rows
         .iter()
         .filter(|r| r.target == "host-local")
@@ -211,84 +198,4 @@ pub fn table(rows: &[Row]) -> String {
         ));
     }
     out
-}
-
-/// Runs every row and writes bench.txt and bench.json into `options.out`.
-pub fn run(options: &BenchOptions) -> anyhow::Result<Vec<Row>> {
-    std::fs::create_dir_all(&options.out)?;
-    crate::raise_fd_limit();
-    let mut rows = Vec::new();
-
-    let host_local = HostLocal {
-        data_dir: options.out.join("host-local"),
-    };
-    eprintln!("bench: host-local");
-    rows.extend(rows_for(&host_local, options, "hl"));
-
-    eprintln!("bench: ipkeep, one node");
-    let single = Daemon::start(DaemonOptions {
-        default_subnet: "bench=10.89.0.0/16".into(),
-        ..Default::default()
-    });
-    let target = Ipkeep {
-        label: "ipkeep 1 node".into(),
-        socket: single.socket(),
-        log: options.out.join("plugin-single.log"),
-    };
-    rows.extend(rows_for(&target, options, "one"));
-    drop(single);
-
-    eprintln!("bench: ipkeep, three voters (called on the leader's node and on a follower's)");
-    let cluster_dir = options.out.join("cluster");
-    std::fs::create_dir_all(&cluster_dir)?;
-    let cluster = Cluster::start(
-        ClusterOptions {
-            nodes: 3,
-            subnet: "bench=10.87.0.0/16".into(),
-            snapshot_every: 10_000,
-            keep_logs: 1_000,
-            ..Default::default()
-        },
-        &cluster_dir,
-    );
-    let leader = leader_of(&cluster.node(1).socket()).unwrap_or(1);
-    let follower = cluster
-        .ids()
-        .into_iter()
-        .find(|&id| id != leader)
-        .unwrap_or(2);
-    for (label, id) in [
-        ("ipkeep 3v on leader", leader),
-        ("ipkeep 3v on follower", follower),
-    ] {
-        let target = Ipkeep {
-            label: label.into(),
-            socket: cluster.node(id).socket(),
-            log: options.out.join(format!("plugin-n{id}.log")),
-        };
-        rows.extend(rows_for(&target, options, &format!("n{id}")));
-    }
-    drop(cluster);
-
-    add_ratios(&mut rows);
-    write_outputs(&options.out, &rows)?;
-    Ok(rows)
-}
-
-fn leader_of(socket: &Path) -> Option<u64> {
-    let mut client = ipkeep_api::Client::connect(socket, Duration::from_secs(5)).ok()?;
-    match client
-        .call(&ipkeep_api::message::Request::NodeStatus)
-        .ok()?
-    {
-        ipkeep_api::message::Response::NodeStatus(s) => s.leader,
-        _ => None,
-    }
-}
-
-fn write_outputs(dir: &Path, rows: &[Row]) -> anyhow::Result<()> {
-    std::fs::write(dir.join("bench.txt"), table(rows))?;
-    let json: Value = serde_json::to_value(rows)?;
-    std::fs::write(dir.join("bench.json"), serde_json::to_string_pretty(&json)?)?;
-    Ok(())
 }

@@ -1,0 +1,309 @@
+//! ipkeep with many live allocations: three voters on a /12, filled through
+//! the node API to each level in turn, then measured as an operator would
+//! see it: resident memory, data directory size, the last snapshot build,
+//! a wiped node's rejoin by snapshot install, a node's restart to its first
+//! acknowledged ADD, and ADD latency through the exec'd plugin.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::plugin::{Ipkeep, Target};
+use super::{api, percentile};
+use crate::cluster::{Cluster, ClusterOptions};
+
+/// A /12: 1,048,574 usable addresses.
+pub const SUBNET: &str = "scale";
+const CIDR: &str = "10.64.0.0/12";
+/// Connections filling the state.
+const FILL_CLIENTS: usize = 64;
+/// Sequential plugin ADDs measured at each level.
+const PROBE_CALLS: usize = 200;
+const LIMIT: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ScaleRow {
+    pub live: usize,
+    pub fill_failures: usize,
+    pub fill_per_s: f64,
+    /// Resident memory of the leader's daemon, and the largest of the three.
+    pub leader_rss_mib: f64,
+    pub max_rss_mib: f64,
+    /// Disk used by the leader's data directory.
+    pub data_dir_mib: f64,
+    /// The leader's last snapshot: its index, build time and size.
+    pub snapshot_index: Option<u64>,
+    pub snapshot_build_ms: Option<u64>,
+    pub snapshot_mib: Option<f64>,
+    /// A wiped follower added back as a learner: from `member add` to
+    /// caught up, and the snapshot install inside it.
+    pub rejoin_ms: Option<f64>,
+    pub snapshot_install_ms: Option<u64>,
+    /// kill -9 of a follower, restart, until an ADD through it is acknowledged.
+    pub restart_to_serving_ms: Option<f64>,
+    /// Sequential ADDs through the exec'd plugin on the leader's node.
+    pub add_p50_ms: f64,
+    pub add_p99_ms: f64,
+    pub add_failures: usize,
+}
+
+pub fn start_cluster(dir: &Path) -> Cluster {
+    Cluster::start(
+        ClusterOptions {
+            nodes: 3,
+            subnet: format!("{SUBNET}={CIDR}"),
+            // The daemon's defaults: what an operator would run.
+            snapshot_every: 10_000,
+            keep_logs: 1_000,
+            ..Default::default()
+        },
+        dir,
+    )
+}
+
+fn rss_mib(pid: u32) -> Option<f64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Disk blocks used under `dir`, in MiB.
+fn disk_mib(dir: &Path) -> f64 {
+    let mut bytes = 0u64;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else {
+                bytes += meta.blocks() * 512;
+            }
+        }
+    }
+    bytes as f64 / (1 << 20) as f64
+}
+
+/// Waits until every running node has applied what the leader has logged.
+fn wait_caught_up(cluster: &Cluster, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        let leader_index = cluster
+            .leader()
+            .and_then(|l| cluster.status(l))
+            .and_then(|s| s.last_log_index);
+        if let Some(target) = leader_index {
+            let behind = cluster
+                .ids()
+                .into_iter()
+                .filter(|&id| cluster.node(id).is_running())
+                .any(|id| {
+                    cluster
+                        .status(id)
+                        .and_then(|s| s.last_applied)
+                        .is_none_or(|a| a < target)
+                });
+            if !behind {
+                return true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+fn plugin_on(cluster: &Cluster, id: u64, log_dir: &Path) -> Ipkeep {
+    Ipkeep {
+        label: format!("scale n{id}"),
+        subnet: SUBNET.into(),
+        socket: cluster.node(id).socket(),
+        log: log_dir.join(format!("plugin-scale-n{id}.log")),
+    }
+}
+
+/// Sequential plugin ADDs then DELs (so the level stays where it is):
+/// p50, p99 and failures of the ADDs.
+fn probe_latency(target: &Ipkeep, tag: &str) -> (f64, f64, usize) {
+    let mut latencies = Vec::with_capacity(PROBE_CALLS);
+    let mut failures = 0;
+    for i in 0..PROBE_CALLS {
+        let t = Instant::now();
+        let out = target.call("ADD", &format!("{tag}-{i}")).run();
+        latencies.push(t.elapsed());
+        if !out.ok() {
+            failures += 1;
+        }
+    }
+    for i in 0..PROBE_CALLS {
+        target.call("DEL", &format!("{tag}-{i}")).run();
+    }
+    latencies.sort();
+    (
+        percentile(&latencies, 0.50),
+        percentile(&latencies, 0.99),
+        failures,
+    )
+}
+
+/// A follower is removed, wiped, started empty and added back as a learner;
+/// it can only catch up by installing the leader's snapshot.
+fn rejoin(cluster: &mut Cluster, victim: u64) -> Option<(f64, Option<u64>)> {
+    let id = victim.to_string();
+    let via = cluster.ids().into_iter().find(|&n| n != victim)?;
+    cluster.wipe(victim);
+    super::ctl_until_ok(cluster, via, &["member", "remove", &id]).ok()?;
+    cluster.spawn(victim);
+    cluster.wait_serving(victim, LIMIT);
+    let addr = cluster.node(victim).addr();
+    let started = Instant::now();
+    super::ctl_until_ok(cluster, via, &["member", "add", &id, &addr]).ok()?;
+    if !wait_caught_up(cluster, LIMIT) {
+        return None;
+    }
+    let took = started.elapsed().as_secs_f64() * 1000.0;
+    let installed = cluster
+        .status(victim)
+        .and_then(|s| s.last_snapshot_installed)
+        .map(|t| t.millis);
+    super::ctl_until_ok(cluster, via, &["member", "promote", &id]).ok()?;
+    Some((took, installed))
+}
+
+/// kill -9 of `victim`, restart, ADDs through it until one is acknowledged.
+fn restart_to_serving(cluster: &mut Cluster, victim: u64, log_dir: &Path) -> Option<f64> {
+    cluster.kill9(victim);
+    let target = plugin_on(cluster, victim, log_dir);
+    let started = Instant::now();
+    cluster.spawn(victim);
+    let mut attempt = 0;
+    while started.elapsed() < LIMIT {
+        attempt += 1;
+        if target
+            .call("ADD", &format!("restart-{victim}-{attempt}"))
+            .run()
+            .ok()
+        {
+            let took = started.elapsed().as_secs_f64() * 1000.0;
+            target
+                .call("DEL", &format!("restart-{victim}-{attempt}"))
+                .run();
+            return Some(took);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+/// Fills the cluster to each of `levels` (ascending) and measures it there.
+pub fn measure(cluster: &mut Cluster, levels: &[usize], log_dir: &Path) -> Vec<ScaleRow> {
+    let mut rows = Vec::new();
+    let mut live = 0;
+    for &level in levels {
+        let leader = cluster.wait_for_leader(LIMIT);
+        eprintln!("bench: filling to {level} live allocations");
+        let (fill_failures, took) = api::fill(
+            &cluster.node(leader).socket(),
+            SUBNET,
+            FILL_CLIENTS,
+            live,
+            level - live,
+        );
+        let fill_per_s = (level - live - fill_failures) as f64 / took.as_secs_f64();
+        live = level;
+        wait_caught_up(cluster, LIMIT);
+
+        let leader = cluster.wait_for_leader(LIMIT);
+        let rss: Vec<(u64, f64)> = cluster
+            .ids()
+            .into_iter()
+            .filter_map(|id| Some((id, rss_mib(cluster.node(id).pid()?)?)))
+            .collect();
+        let leader_status = cluster.status(leader);
+        let built = leader_status.as_ref().and_then(|s| s.last_snapshot_built);
+        let (add_p50_ms, add_p99_ms, add_failures) = probe_latency(
+            &plugin_on(cluster, leader, log_dir),
+            &format!("probe-{level}"),
+        );
+        let followers: Vec<u64> = cluster
+            .ids()
+            .into_iter()
+            .filter(|&id| id != leader)
+            .collect();
+        let restart_to_serving_ms = followers
+            .first()
+            .and_then(|&f| restart_to_serving(cluster, f, log_dir));
+        let rejoined = followers.last().and_then(|&f| rejoin(cluster, f));
+        rows.push(ScaleRow {
+            live: level,
+            fill_failures,
+            fill_per_s,
+            leader_rss_mib: rss
+                .iter()
+                .find(|(id, _)| *id == leader)
+                .map_or(f64::NAN, |(_, r)| *r),
+            max_rss_mib: rss.iter().map(|(_, r)| *r).fold(f64::NAN, f64::max),
+            data_dir_mib: disk_mib(&cluster.node(leader).data_dir()),
+            snapshot_index: built.map(|b| b.index),
+            snapshot_build_ms: built.map(|b| b.millis),
+            snapshot_mib: built.map(|b| b.bytes as f64 / (1 << 20) as f64),
+            rejoin_ms: rejoined.map(|r| r.0),
+            snapshot_install_ms: rejoined.and_then(|r| r.1),
+            restart_to_serving_ms,
+            add_p50_ms,
+            add_p99_ms,
+            add_failures,
+        });
+    }
+    rows
+}
+
+fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or("-".into(), |v| v.to_string())
+}
+
+pub fn table(rows: &[ScaleRow]) -> String {
+    let mut out = format!(
+        "{:>9} {:>8} {:>9} {:>9} {:>8} {:>9} {:>9} {:>8} {:>9} {:>10} {:>10} {:>8} {:>8} {:>6}\n",
+        "live",
+        "fill/s",
+        "rss MiB",
+        "max rss",
+        "disk MiB",
+        "snap idx",
+        "build ms",
+        "snap MiB",
+        "rejoin ms",
+        "install ms",
+        "restart ms",
+        "ADD p50",
+        "ADD p99",
+        "fails"
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "{:>9} {:>8.0} {:>9.1} {:>9.1} {:>8.1} {:>9} {:>9} {:>8} {:>9} {:>10} {:>10} {:>8.2} {:>8.2} {:>6}\n",
+            r.live,
+            r.fill_per_s,
+            r.leader_rss_mib,
+            r.max_rss_mib,
+            r.data_dir_mib,
+            opt(r.snapshot_index),
+            opt(r.snapshot_build_ms),
+            opt(r.snapshot_mib.map(|m| format!("{m:.1}"))),
+            opt(r.rejoin_ms.map(|m| format!("{m:.0}"))),
+            opt(r.snapshot_install_ms),
+            opt(r.restart_to_serving_ms.map(|m| format!("{m:.0}"))),
+            r.add_p50_ms,
+            r.add_p99_ms,
+            r.add_failures
+        ));
+    }
+    out
+}
