@@ -18,7 +18,7 @@ pub mod plugin;
 pub mod scale;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -207,16 +207,44 @@ fn voters_and_learner(dir: &Path) -> anyhow::Result<Cluster> {
     Ok(cluster)
 }
 
+/// Waits until every running node has applied what the leader has logged.
+pub(crate) fn wait_caught_up(cluster: &Cluster, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        let leader_index = cluster
+            .leader()
+            .and_then(|l| cluster.status(l))
+            .and_then(|s| s.last_log_index);
+        if let Some(target) = leader_index {
+            let behind = cluster
+                .ids()
+                .into_iter()
+                .filter(|&id| cluster.node(id).is_running())
+                .any(|id| {
+                    cluster
+                        .status(id)
+                        .and_then(|s| s.last_applied)
+                        .is_none_or(|a| a < target)
+                });
+            if !behind {
+                return true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
 /// Membership changes answer "try again" while a leader is being elected.
 pub(crate) fn ctl_until_ok(cluster: &Cluster, node: u64, args: &[&str]) -> anyhow::Result<()> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let out = cluster.ctl(node, args);
         if out.ok() {
             return Ok(());
         }
         anyhow::ensure!(
-            std::time::Instant::now() < deadline,
+            Instant::now() < deadline,
             "ipkeepctl {}: {}",
             args.join(" "),
             out.stderr

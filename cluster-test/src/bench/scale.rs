@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::plugin::{Ipkeep, Target};
-use super::{api, percentile};
+use super::{api, percentile, wait_caught_up};
 use crate::cluster::{Cluster, ClusterOptions};
 
 /// A /12: 1,048,574 usable addresses.
@@ -89,34 +89,6 @@ fn disk_mib(dir: &Path) -> f64 {
         }
     }
     bytes as f64 / (1 << 20) as f64
-}
-
-/// Waits until every running node has applied what the leader has logged.
-fn wait_caught_up(cluster: &Cluster, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        let leader_index = cluster
-            .leader()
-            .and_then(|l| cluster.status(l))
-            .and_then(|s| s.last_log_index);
-        if let Some(target) = leader_index {
-            let behind = cluster
-                .ids()
-                .into_iter()
-                .filter(|&id| cluster.node(id).is_running())
-                .any(|id| {
-                    cluster
-                        .status(id)
-                        .and_then(|s| s.last_applied)
-                        .is_none_or(|a| a < target)
-                });
-            if !behind {
-                return true;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
 }
 
 fn plugin_on(cluster: &Cluster, id: u64, log_dir: &Path) -> Ipkeep {
