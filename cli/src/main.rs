@@ -93,6 +93,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// The error and its causes on one line, each said once: several of the
+/// library errors already end with their cause's text, which anyhow's
+/// `{:#}` would print again.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -101,7 +119,7 @@ fn main() -> ExitCode {
                 Some(ClientError::Api(api)) => {
                     eprintln!("error [{}]: {}: {}", api.code, api.msg, api.details)
                 }
-                _ => eprintln!("error: {e:#}"),
+                _ => eprintln!("error: {}", error_chain(&e)),
             }
             ExitCode::FAILURE
         }

@@ -47,4 +47,6 @@ fn an_absent_daemon_is_named_with_how_to_point_at_it() {
         "{err}"
     );
     assert!(out.stdout.is_empty(), "nothing on stdout");
+    // Each cause said once, though the client's error already ends with it.
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
 }
