@@ -3,15 +3,14 @@
 //! plugin's exec. Every ADD answered here is committed through Raft.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ipkeep_api::message::{AddRequest, DelRequest, MacWish, Request, Timing};
 use ipkeep_api::model::{AttachmentKey, PodRef};
 use ipkeep_api::Client;
 use serde::Serialize;
 
-use super::percentile;
+use super::{percentile, run_concurrently, Timed};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ApiRow {
@@ -64,56 +63,32 @@ fn run(
     first: usize,
     calls: usize,
     make: &(dyn Fn(usize) -> Request + Sync),
-) -> (Vec<Duration>, usize, Duration) {
-    let next = AtomicUsize::new(0);
-    let failures = AtomicUsize::new(0);
-    let started = Instant::now();
-    let mut latencies: Vec<Duration> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..clients)
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut mine = Vec::new();
-                    let mut client = None;
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= calls {
-                            return mine;
-                        }
-                        if client.is_none() {
-                            client = Client::connect(socket, Duration::from_secs(30)).ok();
-                        }
-                        let Some(c) = client.as_mut() else {
-                            failures.fetch_add(1, Ordering::Relaxed);
-                            continue;
-                        };
-                        let t = Instant::now();
-                        let answered = c.call(&make(first + i));
-                        mine.push(t.elapsed());
-                        if answered.is_err() {
-                            failures.fetch_add(1, Ordering::Relaxed);
-                            client = None;
-                        }
-                    }
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|w| w.join().expect("bench client"))
-            .collect()
-    });
-    let wall = started.elapsed();
-    latencies.sort();
-    (latencies, failures.into_inner(), wall)
+) -> Timed {
+    run_concurrently(
+        clients,
+        calls,
+        || None,
+        |client: &mut Option<Client>, i| {
+            if client.is_none() {
+                *client = Client::connect(socket, Duration::from_secs(30)).ok();
+            }
+            let answered = client
+                .as_mut()
+                .is_some_and(|c| c.call(&make(first + i)).is_ok());
+            if !answered {
+                *client = None;
+            }
+            answered
+        },
+    )
 }
 
-fn row(
-    command: &str,
-    clients: usize,
-    calls: usize,
-    measured: (Vec<Duration>, usize, Duration),
-) -> ApiRow {
-    let (latencies, failures, wall) = measured;
+fn row(command: &str, clients: usize, calls: usize, measured: Timed) -> ApiRow {
+    let Timed {
+        latencies,
+        failures,
+        wall,
+    } = measured;
     ApiRow {
         command: command.into(),
         clients,
@@ -145,7 +120,7 @@ pub fn fill(
     first: usize,
     count: usize,
 ) -> (usize, Duration) {
-    let (_, failures, wall) = run(socket, clients, first, count, &|i| {
+    let Timed { failures, wall, .. } = run(socket, clients, first, count, &|i| {
         add(subnet, format!("fill-{i}"))
     });
     (failures, wall)

@@ -18,6 +18,7 @@ pub mod plugin;
 pub mod scale;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -49,6 +50,61 @@ pub struct Report {
     pub node_api: Vec<api::ApiRow>,
     pub failover: Option<failover::Failover>,
     pub scale: Vec<scale::ScaleRow>,
+}
+
+/// What a batch of timed calls gave: each call's latency (sorted), the
+/// calls that failed, and the wall time of the whole batch.
+pub(crate) struct Timed {
+    pub latencies: Vec<Duration>,
+    pub failures: usize,
+    pub wall: Duration,
+}
+
+/// Makes `calls` calls from `workers` threads at once: `op(state, i)` makes
+/// call number `i` with its worker's own state (a connection, say) and says
+/// whether it succeeded.
+pub(crate) fn run_concurrently<S>(
+    workers: usize,
+    calls: usize,
+    init: impl Fn() -> S + Sync,
+    op: impl Fn(&mut S, usize) -> bool + Sync,
+) -> Timed {
+    let next = AtomicUsize::new(0);
+    let failures = AtomicUsize::new(0);
+    let started = Instant::now();
+    let mut latencies: Vec<Duration> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut state = init();
+                    let mut mine = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= calls {
+                            return mine;
+                        }
+                        let t = Instant::now();
+                        let ok = op(&mut state, i);
+                        mine.push(t.elapsed());
+                        if !ok {
+                            failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("bench worker"))
+            .collect()
+    });
+    let wall = started.elapsed();
+    latencies.sort();
+    Timed {
+        latencies,
+        failures: failures.into_inner(),
+        wall,
+    }
 }
 
 pub(crate) fn percentile(sorted: &[Duration], p: f64) -> f64 {

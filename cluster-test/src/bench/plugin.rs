@@ -3,13 +3,11 @@
 //! reference host-local plugin and for each ipkeep target.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::json;
 
-use super::{percentile, BenchOptions};
+use super::{percentile, run_concurrently, BenchOptions};
 use crate::cni::{ipam_only_conf, CniCall};
 
 #[derive(Debug, Clone, Serialize)]
@@ -90,43 +88,20 @@ pub(crate) fn measure(
     calls: usize,
     callers: usize,
 ) -> Row {
-    let next = AtomicUsize::new(0);
-    let failures = AtomicUsize::new(0);
-    let started = Instant::now();
-    let mut latencies: Vec<Duration> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..callers)
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut mine = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= calls {
-                            return mine;
-                        }
-                        let call = target.call(command, &format!("{prefix}-{i}"));
-                        let t = Instant::now();
-                        let out = call.run();
-                        mine.push(t.elapsed());
-                        if !out.ok() {
-                            failures.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|w| w.join().expect("bench worker"))
-            .collect()
-    });
-    let wall = started.elapsed();
-    latencies.sort();
+    let timed = run_concurrently(
+        callers,
+        calls,
+        || (),
+        |_, i| target.call(command, &format!("{prefix}-{i}")).run().ok(),
+    );
+    let latencies = timed.latencies;
+    let wall = timed.wall;
     Row {
         target: target.name(),
         command: command.into(),
         callers,
         calls,
-        failures: failures.into_inner(),
+        failures: timed.failures,
         p50_ms: percentile(&latencies, 0.50),
         p90_ms: percentile(&latencies, 0.90),
         p99_ms: percentile(&latencies, 0.99),
