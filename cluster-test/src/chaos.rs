@@ -266,29 +266,17 @@ impl Run {
     }
 
     /// Runs an ipkeepctl command on some serving node other than `not`,
-    /// retrying until it succeeds or `limit` passes.
+    /// retrying until it succeeds or `limit` passes; a failure is a problem
+    /// of the run.
     fn ctl_until_ok(&mut self, not: u64, args: &[&str], limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
-        let mut last = String::new();
-        while Instant::now() < deadline {
-            let candidates: Vec<u64> = self
-                .cluster
-                .ids()
-                .into_iter()
-                .filter(|i| *i != not && self.cluster.node(*i).is_serving())
-                .collect();
-            if let Some(id) = candidates.first() {
-                let out = self.cluster.ctl(*id, args);
-                if out.ok() {
-                    return true;
-                }
-                last = out.stderr;
+        match self.cluster.ctl_until_ok(not, args, limit) {
+            Ok(()) => true,
+            Err(last) => {
+                self.problems
+                    .push(format!("ipkeepctl {} kept failing: {last}", args.join(" ")));
+                false
             }
-            std::thread::sleep(Duration::from_millis(200));
         }
-        self.problems
-            .push(format!("ipkeepctl {} kept failing: {last}", args.join(" ")));
-        false
     }
 
     /// A node loses its disk: it is removed from the membership, wiped,

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ipkeep_api::message::{IpListRequest, NodeStatus, Request, Response};
 use ipkeep_api::Client;
@@ -384,6 +384,57 @@ impl Cluster {
 
     pub fn wait_for_leader(&self, limit: Duration) -> u64 {
         wait::until("a leader", limit, || self.leader())
+    }
+
+    /// Runs an ipkeepctl command on a serving node other than `not`,
+    /// retrying (membership changes answer "try again" during an election)
+    /// until it succeeds or `limit` passes; Err holds the last stderr.
+    pub fn ctl_until_ok(&self, not: u64, args: &[&str], limit: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + limit;
+        let mut last = String::from("no serving node to ask");
+        while Instant::now() < deadline {
+            let via = self
+                .ids()
+                .into_iter()
+                .find(|&i| i != not && self.node(i).is_serving());
+            if let Some(id) = via {
+                let out = self.ctl(id, args);
+                if out.ok() {
+                    return Ok(());
+                }
+                last = out.stderr;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Err(last)
+    }
+
+    /// Waits until every running node has applied what the leader has
+    /// logged; false if `limit` passes first.
+    pub fn wait_caught_up(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            let leader_index = self
+                .leader()
+                .and_then(|l| self.status(l))
+                .and_then(|s| s.last_log_index);
+            if let Some(target) = leader_index {
+                let behind = self
+                    .ids()
+                    .into_iter()
+                    .filter(|&id| self.node(id).is_running())
+                    .any(|id| {
+                        self.status(id)
+                            .and_then(|s| s.last_applied)
+                            .is_none_or(|a| a < target)
+                    });
+                if !behind {
+                    return true;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
     }
 
     pub fn ctl(&self, id: u64, args: &[&str]) -> CtlOutput {

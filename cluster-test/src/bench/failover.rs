@@ -62,7 +62,7 @@ pub fn measure(cluster: &mut Cluster, trials: usize, log_dir: &Path) -> Failover
         // production would: a node still catching up cannot win an election
         // and delays the others' (openraft makes a candidate with a shorter
         // log wait longer).
-        super::wait_caught_up(cluster, TRIAL_LIMIT);
+        cluster.wait_caught_up(TRIAL_LIMIT);
     }
     let mut sorted = trials_ms.clone();
     sorted.sort_by(f64::total_cmp);

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::plugin::{Ipkeep, Target};
-use super::{api, percentile, wait_caught_up};
+use super::{api, percentile};
 use crate::cluster::{Cluster, ClusterOptions};
 
 /// A /12: 1,048,574 usable addresses.
@@ -128,15 +128,18 @@ fn probe_latency(target: &Ipkeep, tag: &str) -> (f64, f64, usize) {
 /// it can only catch up by installing the leader's snapshot.
 fn rejoin(cluster: &mut Cluster, victim: u64) -> Option<(f64, Option<u64>)> {
     let id = victim.to_string();
-    let via = cluster.ids().into_iter().find(|&n| n != victim)?;
     cluster.wipe(victim);
-    super::ctl_until_ok(cluster, via, &["member", "remove", &id]).ok()?;
+    cluster
+        .ctl_until_ok(victim, &["member", "remove", &id], LIMIT)
+        .ok()?;
     cluster.spawn(victim);
     cluster.wait_serving(victim, LIMIT);
     let addr = cluster.node(victim).addr();
     let started = Instant::now();
-    super::ctl_until_ok(cluster, via, &["member", "add", &id, &addr]).ok()?;
-    if !wait_caught_up(cluster, LIMIT) {
+    cluster
+        .ctl_until_ok(victim, &["member", "add", &id, &addr], LIMIT)
+        .ok()?;
+    if !cluster.wait_caught_up(LIMIT) {
         return None;
     }
     let took = started.elapsed().as_secs_f64() * 1000.0;
@@ -144,7 +147,9 @@ fn rejoin(cluster: &mut Cluster, victim: u64) -> Option<(f64, Option<u64>)> {
         .status(victim)
         .and_then(|s| s.last_snapshot_installed)
         .map(|t| t.millis);
-    super::ctl_until_ok(cluster, via, &["member", "promote", &id]).ok()?;
+    cluster
+        .ctl_until_ok(victim, &["member", "promote", &id], LIMIT)
+        .ok()?;
     Some((took, installed))
 }
 
@@ -189,7 +194,7 @@ pub fn measure(cluster: &mut Cluster, levels: &[usize], log_dir: &Path) -> Vec<S
         );
         let fill_per_s = (level - live - fill_failures) as f64 / took.as_secs_f64();
         live = level;
-        wait_caught_up(cluster, LIMIT);
+        cluster.wait_caught_up(LIMIT);
 
         let leader = cluster.wait_for_leader(LIMIT);
         let rss: Vec<(u64, f64)> = cluster
