@@ -37,6 +37,8 @@ fn metrics_show_addresses_requests_latency_and_raft() {
     let daemon = Daemon::start(DaemonOptions {
         default_subnet: "pods=10.120.0.0/24".into(),
         extra_args: vec!["--metrics-listen".into(), format!("127.0.0.1:{port}")],
+        // A snapshot within the handful of writes below, for its gauge.
+        snapshot_every: Some(4),
         ..Default::default()
     });
     let s = daemon.socket();
@@ -111,6 +113,18 @@ fn metrics_show_addresses_requests_latency_and_raft() {
     assert!(applied >= 5.0, "{applied}");
     assert!(v("ipkeep_raft_commit_index") >= applied);
     assert!(v("ipkeep_raft_last_log_index") >= applied);
+
+    // The snapshot is built in the background: its gauge turns from -1 to
+    // the build's duration (a single node never installs one).
+    ipkeep_cluster_test::wait::until(
+        "a snapshot build in the metrics",
+        std::time::Duration::from_secs(20),
+        || {
+            let (_, body) = get(port, "/metrics");
+            (sample(&body, "ipkeep_snapshot_last_build_milliseconds")? >= 0.0).then_some(())
+        },
+    );
+    assert_eq!(v("ipkeep_snapshot_last_install_milliseconds"), -1.0);
 
     let (head, _) = get(port, "/other");
     assert!(head.starts_with("HTTP/1.1 404"), "{head}");

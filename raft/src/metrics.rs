@@ -225,6 +225,20 @@ fn register_raft(registry: &mut Registry, node: &Node) {
         "Index of the last entry in this node's snapshot",
         gauge(index(m.snapshot.map(|l| l.index))),
     );
+    let millis = |t: Option<ipkeep_api::message::SnapshotTiming>| {
+        t.map(|t| i64::try_from(t.millis).unwrap_or(i64::MAX))
+            .unwrap_or(-1)
+    };
+    registry.register(
+        "snapshot_last_build_milliseconds",
+        "How long this node's last snapshot build took since it started (-1: none yet)",
+        gauge(millis(node.snapshot_stats.last_built())),
+    );
+    registry.register(
+        "snapshot_last_install_milliseconds",
+        "How long this node's last snapshot install took since it started (-1: none yet)",
+        gauge(millis(node.snapshot_stats.last_installed())),
+    );
     let lag = Family::<Labels, Gauge>::default();
     if let (Some(replication), Some(last)) = (&m.replication, m.last_log_index) {
         for (id, matched) in replication {
