@@ -15,6 +15,7 @@ pub mod ctl;
 pub mod daemon;
 pub mod history;
 pub mod netns;
+pub mod procfs;
 pub mod rng;
 pub mod wait;
 pub mod workload;

@@ -19,12 +19,7 @@ const PLUGIN_TIMEOUT: Duration = Duration::from_secs(10);
 const MEMORY_BOUND_KIB: u64 = 256 * 1024;
 
 fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM")
+    ipkeep_cluster_test::procfs::status_kib(pid, "VmHWM").expect("VmHWM of the daemon")
 }
 
 #[test]

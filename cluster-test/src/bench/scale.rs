@@ -65,10 +65,7 @@ pub fn start_cluster(dir: &Path) -> Cluster {
 }
 
 fn rss_mib(pid: u32) -> Option<f64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
+    Some(crate::procfs::status_kib(pid, "VmRSS")? as f64 / 1024.0)
 }
 
 /// Disk blocks used under `dir`, in MiB.
