@@ -1,0 +1,114 @@
+//! What a live allocation costs in the state machine's memory: applies a
+//! million ADDs to a /12 and prints the resident-memory growth per
+//! allocation, for attachments shaped as Kubernetes makes them (64-hex
+//! container id, pod namespace, name and uid, a netns path) and for the
+//! bare ones the node-API benchmark sends. Prints figures; asserts nothing
+//! (`cargo bench -p ipkeep-store --bench memory`).
+
+use ipkeep_api::message::AddRequest;
+use ipkeep_api::model::{AttachmentKey, Dns, GatewaySpec, PodRef, SubnetSpec};
+use ipkeep_store::{Command, Reply, State};
+
+const LIVE: usize = 1_000_000;
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn add(i: usize, kubernetes: bool) -> Command {
+    let (container_id, netns, pod) = if kubernetes {
+        (
+            format!("{i:064x}"),
+            format!("/var/run/netns/cni-{i:08x}-1b2c-4d5e-8f90-a1b2c3d4e5f6"),
+            PodRef {
+                namespace: Some(format!("team-{}", i % 50)),
+                name: Some(format!("web-{}-7d9f8c6b5-{i:05x}", i % 300)),
+                uid: Some(format!("{i:08x}-1b2c-4d5e-8f90-a1b2c3d4e5f6")),
+            },
+        )
+    } else {
+        (format!("scale-{i}"), "/var/run/netns/bench".into(), PodRef::default())
+    };
+    Command::Add {
+        request: AddRequest {
+            key: AttachmentKey {
+                network: "k8s-pod-network".into(),
+                container_id,
+                ifname: "eth0".into(),
+            },
+            netns,
+            subnets: vec![vec!["pods".into()]],
+            pod,
+            requested: vec![],
+            mac: Default::default(),
+            timing: Default::default(),
+        },
+        node: "worker-17.example.internal".into(),
+        at_ms: 1_700_000_000_000,
+        issued_us: 0,
+    }
+}
+
+fn fill(kubernetes: bool) -> State {
+    let mut state = State::default();
+    let mut journal = Vec::new();
+    state.apply(
+        &Command::CreateSubnet {
+            spec: SubnetSpec {
+                name: "pods".into(),
+                cidr: "10.64.0.0/12".parse().expect("cidr"),
+                gateway: GatewaySpec::Auto,
+                exclude: vec![],
+                routes: vec![],
+                dns: Dns::default(),
+                tenancy: Default::default(),
+                sticky: None,
+                mtu: None,
+            },
+        },
+        &mut journal,
+    );
+    for i in 0..LIVE {
+        journal.clear();
+        let reply = state.apply(&add(i, kubernetes), &mut journal);
+        assert!(matches!(reply, Reply::Added(_)), "{reply:?}");
+    }
+    state
+}
+
+/// Each shape is measured in a process of its own: memory freed by one
+/// would otherwise be reused by the next and hide its cost.
+const SHAPE_ENV: &str = "IPKEEP_MEMORY_SHAPE";
+
+fn main() {
+    if let Ok(shape) = std::env::var(SHAPE_ENV) {
+        let kubernetes = shape == "kubernetes";
+        let before = rss_kib();
+        let state = fill(kubernetes);
+        let after = rss_kib();
+        let label = if kubernetes {
+            "kubernetes-shaped"
+        } else {
+            "bare (node-API bench)"
+        };
+        println!(
+            "{label:22} {LIVE} live: +{:>5.0} MiB resident, {:>5.0} bytes per allocation",
+            after.saturating_sub(before) as f64 / 1024.0,
+            after.saturating_sub(before) as f64 * 1024.0 / state.allocation_count() as f64
+        );
+        return;
+    }
+    let me = std::env::current_exe().expect("own path");
+    for shape in ["bare", "kubernetes"] {
+        let status = std::process::Command::new(&me)
+            .env(SHAPE_ENV, shape)
+            .status()
+            .expect("run a shape");
+        assert!(status.success(), "{shape}: {status}");
+    }
+}
