@@ -126,14 +126,14 @@ pub fn pass(node: &Node, now: u64) -> Vec<(AttachmentKey, u64)> {
         machine
             .state
             .allocations()
-            .filter(|a| a.node == node.name)
+            .filter(|a| a.node() == node.name)
             .map(|a| {
                 (
-                    a.key.clone(),
-                    a.since_ms,
-                    a.netns.clone(),
-                    a.addresses.iter().map(|h| h.address).collect::<Vec<_>>(),
-                    a.pod.clone(),
+                    a.key(),
+                    a.since_ms(),
+                    a.netns().to_owned(),
+                    a.addresses().collect::<Vec<_>>(),
+                    a.pod(),
                 )
             })
             .collect()

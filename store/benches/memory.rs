@@ -32,7 +32,11 @@ fn add(i: usize, kubernetes: bool) -> Command {
             },
         )
     } else {
-        (format!("scale-{i}"), "/var/run/netns/bench".into(), PodRef::default())
+        (
+            format!("scale-{i}"),
+            "/var/run/netns/bench".into(),
+            PodRef::default(),
+        )
     };
     Command::Add {
         request: AddRequest {

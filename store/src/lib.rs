@@ -7,6 +7,7 @@
 
 pub mod command;
 pub mod free_set;
+pub mod held;
 pub mod history;
 pub mod machine;
 pub mod pool;

@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::ops::Bound::{Excluded, Included, Unbounded};
+use std::sync::Arc;
 
 use ipkeep_api::message::{IpEntry, IpListRequest, IpPage};
 use ipkeep_api::model::{
@@ -20,6 +21,7 @@ use ipkeep_api::model::{
 };
 use ipkeep_api::Mac;
 
+use crate::held::{self, HeldBody, HeldKey, HeldRef, Interner};
 use crate::history::HistoryLog;
 use crate::pool::PoolState;
 use crate::records::{self, Change, Record, RecordError};
@@ -51,9 +53,12 @@ pub enum Source {
 pub struct State {
     subnets: BTreeMap<String, SubnetState>,
     pools: BTreeMap<String, PoolState>,
-    allocations: BTreeMap<AttachmentKey, Allocation>,
+    /// Live allocations, in the compact form (see [`crate::held`]).
+    allocations: BTreeMap<Arc<HeldKey>, HeldBody>,
     /// address -> the attachment holding it (invariant 1: at most one).
-    holders: BTreeMap<IpAddr, AttachmentKey>,
+    holders: BTreeMap<IpAddr, Arc<HeldKey>>,
+    /// The allocations' shared strings.
+    strings: Interner,
     bindings: BTreeMap<PodName, Binding>,
     /// address -> the pod name it is bound to.
     bound: BTreeMap<IpAddr, PodName>,
@@ -224,16 +229,15 @@ impl State {
                         .or_default() += 1;
                 }
                 state.count_held(&held.subnet, held.address, 1);
-                state.holders.insert(held.address, allocation.key.clone());
             }
-            state.allocations.insert(allocation.key.clone(), allocation);
+            state.insert_held(&allocation);
         }
         for ((ns, name), b) in &state.bindings {
             if let Some(holder) = &b.holder {
-                let holds_all = state.allocations.get(holder).is_some_and(|a| {
+                let holds_all = state.held(holder).is_some_and(|a| {
                     b.addresses
                         .iter()
-                        .all(|x| a.addresses.iter().any(|y| y.address == x.address))
+                        .all(|x| a.addresses().any(|y| y == x.address))
                 });
                 if !holds_all {
                     return Err(inconsistent(
@@ -267,7 +271,9 @@ impl State {
         });
         let reservations = self.reservations.values().cloned().map(Record::Reservation);
         let bindings = self.bindings.values().cloned().map(Record::Binding);
-        let allocations = self.allocations.values().cloned().map(Record::Allocation);
+        let allocations = self
+            .allocations()
+            .map(|a| Record::Allocation(a.to_allocation()));
         subnets
             .chain(cursors)
             .chain(pools)
@@ -381,16 +387,28 @@ impl State {
         self.pools_of(subnet).find(|p| p.contains(addr))
     }
 
-    pub fn allocation(&self, key: &AttachmentKey) -> Option<&Allocation> {
-        self.allocations.get(key)
+    pub fn allocation(&self, key: &AttachmentKey) -> Option<Allocation> {
+        self.held(key).map(|a| a.to_allocation())
+    }
+
+    /// An allocation, read in place.
+    pub fn held(&self, key: &AttachmentKey) -> Option<HeldRef<'_>> {
+        self.allocations
+            .get_key_value(&HeldKey::probe(key))
+            .map(|(key, body)| HeldRef { key, body })
     }
 
     pub fn allocation_count(&self) -> usize {
         self.allocations.len()
     }
 
-    pub fn holder(&self, addr: IpAddr) -> Option<&AttachmentKey> {
-        self.holders.get(&addr)
+    pub fn holder(&self, addr: IpAddr) -> Option<AttachmentKey> {
+        self.holders.get(&addr).map(|k| k.to_key())
+    }
+
+    /// How many distinct shared strings the allocations use.
+    pub fn shared_strings(&self) -> usize {
+        self.strings.len()
     }
 
     pub fn binding(&self, pod: &PodName) -> Option<&Binding> {
@@ -437,24 +455,21 @@ impl State {
 
     /// Every allocation, in key order (a scan: for the reconciler's periodic
     /// pass and for forgetting a node, not for a plugin's request).
-    pub fn allocations(&self) -> impl Iterator<Item = &Allocation> {
-        self.allocations.values()
+    pub fn allocations(&self) -> impl Iterator<Item = HeldRef<'_>> {
+        self.allocations
+            .iter()
+            .map(|(key, body)| HeldRef { key, body })
     }
 
     /// The allocations of one network, found by key range, not by a scan.
     pub fn allocations_of_network<'a>(
         &'a self,
         network: &'a str,
-    ) -> impl Iterator<Item = &'a Allocation> + 'a {
-        let start = AttachmentKey {
-            network: network.to_owned(),
-            container_id: String::new(),
-            ifname: String::new(),
-        };
+    ) -> impl Iterator<Item = HeldRef<'a>> + 'a {
         self.allocations
-            .range(start..)
-            .take_while(move |(k, _)| k.network == network)
-            .map(|(_, a)| a)
+            .range(HeldKey::first_of(network)..)
+            .take_while(move |(k, _)| k.network() == network)
+            .map(|(key, body)| HeldRef { key, body })
     }
 
     /// The held addresses between two addresses, lowest first, at most `limit`.
@@ -463,10 +478,10 @@ impl State {
         start: IpAddr,
         end: IpAddr,
         limit: usize,
-    ) -> Vec<(IpAddr, &AttachmentKey)> {
+    ) -> Vec<(IpAddr, AttachmentKey)> {
         self.holders
             .range(start..=end)
-            .map(|(a, k)| (*a, k))
+            .map(|(a, k)| (*a, k.to_key()))
             .take(limit)
             .collect()
     }
@@ -500,20 +515,15 @@ impl State {
     /// One entry of `ip list`.
     pub fn ip_entry(&self, address: IpAddr) -> Option<IpEntry> {
         let key = self.holders.get(&address)?;
-        let a = self.allocations.get(key)?;
-        let subnet = a
-            .addresses
-            .iter()
-            .find(|h| h.address == address)
-            .map(|h| h.subnet.clone())
-            .unwrap_or_default();
+        let (key, body) = self.allocations.get_key_value(key)?;
+        let a = HeldRef { key, body };
         Some(IpEntry {
             address,
-            subnet,
-            key: key.clone(),
-            pod: a.pod.clone(),
-            node: a.node.clone(),
-            since_ms: a.since_ms,
+            subnet: a.subnet_of(address).unwrap_or_default().to_owned(),
+            key: a.key(),
+            pod: a.pod(),
+            node: a.node().to_owned(),
+            since_ms: a.since_ms(),
         })
     }
 
@@ -539,13 +549,14 @@ impl State {
         };
         let mut entries = Vec::new();
         for (address, key) in self.holders.range((low, high)) {
-            let Some(a) = self.allocations.get(key) else {
+            let Some((key, body)) = self.allocations.get_key_value(key) else {
                 continue;
             };
-            if req.namespace.is_some() && a.pod.namespace != req.namespace {
+            let a = HeldRef { key, body };
+            if req.namespace.is_some() && a.namespace() != req.namespace.as_deref() {
                 continue;
             }
-            if req.node.as_ref().is_some_and(|n| *n != a.node) {
+            if req.node.as_ref().is_some_and(|n| n != a.node()) {
                 continue;
             }
             if let Some(entry) = self.ip_entry(*address) {
@@ -809,15 +820,23 @@ impl State {
                 }
             }
             self.count_held(&held.subnet, held.address, 1);
-            self.holders.insert(held.address, allocation.key.clone());
         }
         for pod in touched_bindings {
             if let Some(b) = self.bindings.get(&pod) {
                 journal.push(Record::Binding(b.clone()).to_change());
             }
         }
-        journal.push(Record::Allocation(allocation.clone()).to_change());
-        self.allocations.insert(allocation.key.clone(), allocation);
+        self.insert_held(&allocation);
+        journal.push(Record::Allocation(allocation).to_change());
+    }
+
+    /// Indexes an allocation whose addresses the caller has accounted for.
+    fn insert_held(&mut self, allocation: &Allocation) {
+        let (key, body) = held::compact(allocation, &mut self.strings);
+        for a in &allocation.addresses {
+            self.holders.insert(a.address, key.clone());
+        }
+        self.allocations.insert(key, body);
     }
 
     /// Removes an allocation: addresses bound to the pod's name stay bound
@@ -830,13 +849,21 @@ impl State {
         at_ms: u64,
         journal: &mut Vec<Change>,
     ) -> Option<Allocation> {
-        let allocation = self.allocations.remove(key)?;
+        let (held_key, body) = self.allocations.remove_entry(&HeldKey::probe(key))?;
+        let allocation = HeldRef {
+            key: &held_key,
+            body: &body,
+        }
+        .to_allocation();
+        for held in &allocation.addresses {
+            if self.holders.get(&held.address) == Some(&held_key) {
+                self.holders.remove(&held.address);
+            }
+        }
+        held::forget(held_key, body, &mut self.strings);
         let ns = namespace_of(&allocation.pod);
         let mut touched_bindings = BTreeSet::new();
         for held in &allocation.addresses {
-            if self.holders.get(&held.address) == Some(key) {
-                self.holders.remove(&held.address);
-            }
             self.count_held(&held.subnet, held.address, -1);
             let binding = self.bound.get(&held.address).cloned().filter(|pod| {
                 self.bindings

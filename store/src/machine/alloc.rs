@@ -148,9 +148,9 @@ impl State {
                 "{wanted} cannot be handed out in subnet {subnet}: it is its network, broadcast or gateway address, or excluded"
             )));
         }
-        if let Some(holder) = self.holder(wanted).filter(|h| *h != key) {
+        if let Some(holder) = self.holder(wanted).filter(|h| h != key) {
             let who = self
-                .allocation(holder)
+                .allocation(&holder)
                 .map(|a| show_pod(&a.pod))
                 .unwrap_or_default();
             return Err(unavailable(format!(
@@ -311,7 +311,7 @@ impl State {
     ) -> Result<AddResult, ApiError> {
         // Invariant 3: a retried ADD of the same attachment gets the same answer.
         if let Some(existing) = self.allocation(&request.key) {
-            return Ok(self.add_result(existing));
+            return Ok(self.add_result(&existing));
         }
         // Invariant 6: an ADD its caller gave up on (it timed out, the caller
         // then sent DEL) must not come back to life when it reaches the log late.
@@ -461,9 +461,9 @@ impl State {
             .collect();
         let stale: Vec<AttachmentKey> = self
             .allocations_of_network(network)
-            .filter(|a| a.node == node)
-            .filter(|a| !valid.contains(&(a.key.container_id.as_str(), a.key.ifname.as_str())))
-            .map(|a| a.key.clone())
+            .filter(|a| a.node() == node)
+            .filter(|a| !valid.contains(&(a.held_key().container_id(), a.held_key().ifname())))
+            .map(|a| a.key())
             .collect();
         self.release_all(stale, ReleaseReason::Gc, at_ms, issued_us, journal)
     }
@@ -516,8 +516,8 @@ impl State {
     ) -> GcResult {
         let keys: Vec<AttachmentKey> = self
             .allocations()
-            .filter(|a| a.node == node)
-            .map(|a| a.key.clone())
+            .filter(|a| a.node() == node)
+            .map(|a| a.key())
             .collect();
         self.release_all(
             keys,

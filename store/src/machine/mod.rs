@@ -141,6 +141,6 @@ impl State {
                 ));
             }
         }
-        Ok(self.add_result(allocation))
+        Ok(self.add_result(&allocation))
     }
 }
