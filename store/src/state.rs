@@ -114,7 +114,9 @@ impl State {
                 Record::PoolCursor { pool, at } => pool_cursors.push((pool, at)),
                 Record::Reservation(r) => reservations.push(r),
                 Record::Binding(b) => bindings.push(b),
-                Record::Allocation(a) => allocations.push(a),
+                // Compacted on arrival: a restart holds a million of these
+                // at once, before the bindings they depend on are in.
+                Record::Allocation(a) => allocations.push(held::compact(&a, &mut state.strings)),
                 Record::History { seq, entry } => state.history.insert(seq, entry),
                 Record::Tombstone { key, issued_us } => {
                     state.tombstones_by_time.insert((issued_us, key.clone()));
@@ -190,7 +192,12 @@ impl State {
                 .bindings
                 .insert((b.namespace.clone(), b.name.clone()), b);
         }
-        for allocation in allocations {
+        for (held_key, body) in allocations {
+            let allocation = HeldRef {
+                key: &held_key,
+                body: &body,
+            }
+            .to_allocation();
             let key = allocation.key.to_string();
             let ns = namespace_of(&allocation.pod);
             for held in &allocation.addresses {
@@ -230,7 +237,7 @@ impl State {
                 }
                 state.count_held(&held.subnet, held.address, 1);
             }
-            state.insert_held(&allocation);
+            state.index_held(held_key, body);
         }
         for ((ns, name), b) in &state.bindings {
             if let Some(holder) = &b.holder {
@@ -833,8 +840,17 @@ impl State {
     /// Indexes an allocation whose addresses the caller has accounted for.
     fn insert_held(&mut self, allocation: &Allocation) {
         let (key, body) = held::compact(allocation, &mut self.strings);
-        for a in &allocation.addresses {
-            self.holders.insert(a.address, key.clone());
+        self.index_held(key, body);
+    }
+
+    fn index_held(&mut self, key: Arc<HeldKey>, body: HeldBody) {
+        for address in (HeldRef {
+            key: &key,
+            body: &body,
+        })
+        .addresses()
+        {
+            self.holders.insert(address, key.clone());
         }
         self.allocations.insert(key, body);
     }

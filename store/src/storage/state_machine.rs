@@ -93,18 +93,31 @@ fn decode_meta<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, Recor
 fn load_tree(tree: &sled::Tree) -> Result<Machine, RestoreError> {
     let mut last_applied = None;
     let mut membership = StoredMembership::default();
-    let mut recs = Vec::new();
-    for item in tree.iter() {
-        let (key, value) = item?;
-        match key.as_ref() {
-            APPLIED_KEY => last_applied = decode_meta(&key, &value)?,
-            MEMBERSHIP_KEY => membership = decode_meta(&key, &value)?,
-            k if k.first() == Some(&records::META) => {}
-            k => recs.push(Record::decode(k, &value)?),
-        }
+    let mut failure: Option<RestoreError> = None;
+    // Records go to the state as they are read, not gathered first: at a
+    // million allocations the gathered copy doubled a restart's memory.
+    let records = tree
+        .iter()
+        .map_while(|item| {
+            let read = || -> Result<Option<Record>, RestoreError> {
+                let (key, value) = item?;
+                match key.as_ref() {
+                    APPLIED_KEY => last_applied = decode_meta(&key, &value)?,
+                    MEMBERSHIP_KEY => membership = decode_meta(&key, &value)?,
+                    k if k.first() == Some(&records::META) => {}
+                    k => return Ok(Some(Record::decode(k, &value)?)),
+                }
+                Ok(None)
+            };
+            read().map_err(|e| failure = Some(e)).ok()
+        })
+        .flatten();
+    let state = State::from_records(records);
+    if let Some(e) = failure {
+        return Err(e);
     }
     Ok(Machine {
-        state: State::from_records(recs)?,
+        state: state?,
         last_applied,
         membership,
     })
