@@ -179,6 +179,36 @@ fn learners_join_serve_forward_and_are_promoted_and_removed() {
 }
 
 #[test]
+fn a_removal_asked_for_on_every_node_at_once_answers_ok_everywhere() {
+    // What an operator's retry, or a forward given up when leadership moved
+    // (the removed node may lead and step down), looks like to the leader:
+    // the same change while it is still committing, or after it committed.
+    let (_dir, c) = cluster(4, ClusterOptions::default());
+    c.wait_for_leader(Duration::from_secs(30));
+    let answers: Vec<_> = std::thread::scope(|s| {
+        let asks: Vec<_> = [1, 2, 3, 4]
+            .into_iter()
+            .map(|via| {
+                let c = &c;
+                s.spawn(move || (via, c.ctl(via, &["member", "remove", "4"])))
+            })
+            .collect();
+        asks.into_iter().map(|a| a.join().unwrap()).collect()
+    });
+    for (via, out) in &answers {
+        assert!(out.ok(), "remove asked on node {via}: {}", out.stderr);
+    }
+    assert!(!members(&c, 1).iter().any(|(id, _)| *id == 4));
+    // A node that never was a member is still "not found".
+    let out = c.ctl(1, &["member", "remove", "9"]);
+    assert!(
+        !out.ok() && out.stderr.contains("not a member"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
 fn a_node_that_was_down_catches_up_by_snapshot() {
     let (_dir, mut c) = cluster(
         3,

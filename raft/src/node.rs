@@ -12,7 +12,7 @@ use ipkeep_store::storage::snapshot_stats::SnapshotStats;
 use ipkeep_store::storage::{LogStore, SharedMachine};
 use ipkeep_store::types::{PeerNode, Raft};
 use ipkeep_store::{Command, Reply};
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState};
 
 use crate::disk::DiskGuard;
@@ -66,6 +66,23 @@ fn not_leader(leader: Option<u64>) -> ForwardError {
     ForwardError::NotLeader { leader }
 }
 
+/// Why a membership change did not happen on this attempt.
+enum MembershipError {
+    /// An earlier change has not committed yet; try again after it.
+    InProgress,
+    Other(ForwardError),
+}
+
+impl From<ForwardError> for MembershipError {
+    fn from(e: ForwardError) -> Self {
+        MembershipError::Other(e)
+    }
+}
+
+/// How long to wait for an earlier membership change to commit before
+/// looking again.
+const MEMBERSHIP_RETRY_PAUSE: Duration = Duration::from_millis(50);
+
 fn write_error(e: RaftError<u64, ClientWriteError<u64, PeerNode>>) -> ForwardError {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => not_leader(f.leader_id),
@@ -118,16 +135,38 @@ impl Node {
         }
     }
 
-    /// Applies a membership change, if this node is the leader.
+    /// Applies a membership change, if this node is the leader. Another
+    /// change still committing (a retry of this one, often, after a forward
+    /// was given up) is waited for, then the change is judged again against
+    /// the membership it left: the caller's time bounds the wait.
     pub async fn membership_here(&self, change: MembershipChange) -> Result<(), ForwardError> {
+        let deadline = Instant::now() + self.write_timeout;
+        loop {
+            match self.membership_once(change.clone()).await {
+                Err(MembershipError::InProgress) if Instant::now() >= deadline => {
+                    return Err(ForwardError::Api(ApiError::try_again(format!(
+                        "another membership change did not commit within {:?}",
+                        self.write_timeout
+                    ))));
+                }
+                Err(MembershipError::InProgress) => {
+                    tokio::time::sleep(MEMBERSHIP_RETRY_PAUSE).await;
+                }
+                Err(MembershipError::Other(e)) => return Err(e),
+                Ok(()) => return Ok(()),
+            }
+        }
+    }
+
+    async fn membership_once(&self, change: MembershipChange) -> Result<(), MembershipError> {
         if self.raft.current_leader().await != Some(self.id) {
-            return Err(not_leader(self.raft.current_leader().await));
+            return Err(not_leader(self.raft.current_leader().await).into());
         }
         let metrics = self.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership().clone();
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
         let is_member = |id: u64| membership.nodes().any(|(n, _)| *n == id);
-        let api = |e: ApiError| Err(ForwardError::Api(e));
+        let api = |e: ApiError| Err(ForwardError::Api(e).into());
         let outcome = match change {
             MembershipChange::AddLearner { id, addr } => {
                 if voters.contains(&id) {
@@ -192,7 +231,12 @@ impl Node {
                 }
             }
         };
-        outcome.map_err(write_error)
+        outcome.map_err(|e| match e {
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                ChangeMembershipError::InProgress(_),
+            )) => MembershipError::InProgress,
+            e => MembershipError::Other(write_error(e)),
+        })
     }
 
     // ---- from any node ----------------------------------------------------
@@ -369,16 +413,30 @@ impl Node {
                 "membership changes need a cluster secret on every node (--cluster-secret-file)",
             ));
         }
-        self.at_leader(
-            "membership change",
-            || self.membership_here(change.clone()),
-            || PeerRequest::Membership(change.clone()),
-            |r| match r {
-                PeerResponse::Membership(r) => Some(r),
-                _ => None,
-            },
-        )
-        .await
+        // A leader that removes itself steps down as the change commits, and
+        // a forward is given up (and sent again to the next leader) when
+        // leadership moves before the answer arrives: the second attempt then
+        // finds the node gone. Gone is what was asked, so a node that was a
+        // member when the request came is not "not found" afterwards.
+        let removing_a_member = match change {
+            MembershipChange::Remove { id } => self.member_addr(id).is_some(),
+            _ => false,
+        };
+        let outcome = self
+            .at_leader(
+                "membership change",
+                || self.membership_here(change.clone()),
+                || PeerRequest::Membership(change.clone()),
+                |r| match r {
+                    PeerResponse::Membership(r) => Some(r),
+                    _ => None,
+                },
+            )
+            .await;
+        match outcome {
+            Err(e) if removing_a_member && e.code == code::NOT_FOUND => Ok(()),
+            other => other,
+        }
     }
 
     /// Can a write be committed now? Confirms a leader with a quorum.
