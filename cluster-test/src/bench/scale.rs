@@ -42,6 +42,8 @@ pub struct ScaleRow {
     /// caught up, and the snapshot install inside it.
     pub rejoin_ms: Option<f64>,
     pub snapshot_install_ms: Option<u64>,
+    /// The rejoined daemon's peak resident memory (VmHWM).
+    pub rejoin_peak_mib: Option<f64>,
     /// kill -9 of a follower, restart, until an ADD through it is acknowledged.
     pub restart_to_serving_ms: Option<f64>,
     /// Sequential ADDs through the exec'd plugin on the leader's node.
@@ -123,7 +125,15 @@ fn probe_latency(target: &Ipkeep, tag: &str) -> (f64, f64, usize) {
 
 /// A follower is removed, wiped, started empty and added back as a learner;
 /// it can only catch up by installing the leader's snapshot.
-fn rejoin(cluster: &mut Cluster, victim: u64) -> Option<(f64, Option<u64>)> {
+/// A rejoin: from `member add` to caught up, the snapshot install inside it,
+/// and the rejoined daemon's peak resident memory (the install's peak).
+struct Rejoined {
+    took_ms: f64,
+    install_ms: Option<u64>,
+    peak_mib: Option<f64>,
+}
+
+fn rejoin(cluster: &mut Cluster, victim: u64) -> Option<Rejoined> {
     let id = victim.to_string();
     cluster.wipe(victim);
     cluster
@@ -140,14 +150,23 @@ fn rejoin(cluster: &mut Cluster, victim: u64) -> Option<(f64, Option<u64>)> {
         return None;
     }
     let took = started.elapsed().as_secs_f64() * 1000.0;
-    let installed = cluster
+    let install_ms = cluster
         .status(victim)
         .and_then(|s| s.last_snapshot_installed)
         .map(|t| t.millis);
+    let peak_mib = cluster
+        .node(victim)
+        .pid()
+        .and_then(|pid| crate::procfs::status_kib(pid, "VmHWM"))
+        .map(|kib| kib as f64 / 1024.0);
     cluster
         .ctl_until_ok(victim, &["member", "promote", &id], LIMIT)
         .ok()?;
-    Some((took, installed))
+    Some(Rejoined {
+        took_ms: took,
+        install_ms,
+        peak_mib,
+    })
 }
 
 /// kill -9 of `victim`, restart, ADDs through it until one is acknowledged.
@@ -227,8 +246,9 @@ pub fn measure(cluster: &mut Cluster, levels: &[usize], log_dir: &Path) -> Vec<S
             snapshot_index: built.map(|b| b.index),
             snapshot_build_ms: built.map(|b| b.millis),
             snapshot_mib: built.map(|b| b.bytes as f64 / (1 << 20) as f64),
-            rejoin_ms: rejoined.map(|r| r.0),
-            snapshot_install_ms: rejoined.and_then(|r| r.1),
+            rejoin_ms: rejoined.as_ref().map(|r| r.took_ms),
+            snapshot_install_ms: rejoined.as_ref().and_then(|r| r.install_ms),
+            rejoin_peak_mib: rejoined.as_ref().and_then(|r| r.peak_mib),
             restart_to_serving_ms,
             add_p50_ms,
             add_p99_ms,
@@ -244,7 +264,7 @@ fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
 
 pub fn table(rows: &[ScaleRow]) -> String {
     let mut out = format!(
-        "{:>9} {:>8} {:>9} {:>9} {:>8} {:>9} {:>9} {:>8} {:>9} {:>10} {:>10} {:>8} {:>8} {:>6}\n",
+        "{:>9} {:>8} {:>9} {:>9} {:>8} {:>9} {:>9} {:>8} {:>9} {:>10} {:>9} {:>10} {:>8} {:>8} {:>6}\n",
         "live",
         "fill/s",
         "rss MiB",
@@ -255,6 +275,7 @@ pub fn table(rows: &[ScaleRow]) -> String {
         "snap MiB",
         "rejoin ms",
         "install ms",
+        "peak MiB",
         "restart ms",
         "ADD p50",
         "ADD p99",
@@ -262,7 +283,7 @@ pub fn table(rows: &[ScaleRow]) -> String {
     );
     for r in rows {
         out.push_str(&format!(
-            "{:>9} {:>8.0} {:>9.1} {:>9.1} {:>8.1} {:>9} {:>9} {:>8} {:>9} {:>10} {:>10} {:>8.2} {:>8.2} {:>6}\n",
+            "{:>9} {:>8.0} {:>9.1} {:>9.1} {:>8.1} {:>9} {:>9} {:>8} {:>9} {:>10} {:>9} {:>10} {:>8.2} {:>8.2} {:>6}\n",
             r.live,
             r.fill_per_s,
             r.leader_rss_mib,
@@ -273,6 +294,7 @@ pub fn table(rows: &[ScaleRow]) -> String {
             opt(r.snapshot_mib.map(|m| format!("{m:.1}"))),
             opt(r.rejoin_ms.map(|m| format!("{m:.0}"))),
             opt(r.snapshot_install_ms),
+            opt(r.rejoin_peak_mib.map(|m| format!("{m:.1}"))),
             opt(r.restart_to_serving_ms.map(|m| format!("{m:.0}"))),
             r.add_p50_ms,
             r.add_p99_ms,
