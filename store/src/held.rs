@@ -110,12 +110,6 @@ impl HeldKey {
             ifname: self.ifname.to_string(),
         }
     }
-
-    pub fn is(&self, key: &AttachmentKey) -> bool {
-        *self.network == *key.network
-            && *self.container_id == *key.container_id
-            && *self.ifname == *key.ifname
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -318,7 +312,7 @@ mod tests {
                 body: &body,
             };
             assert_eq!(back.to_allocation(), a);
-            assert!(key.is(&a.key));
+            assert_eq!(key.to_key(), a.key);
         }
     }
 

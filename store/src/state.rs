@@ -413,11 +413,6 @@ impl State {
         self.holders.get(&addr).map(|k| k.to_key())
     }
 
-    /// How many distinct shared strings the allocations use.
-    pub fn shared_strings(&self) -> usize {
-        self.strings.len()
-    }
-
     pub fn binding(&self, pod: &PodName) -> Option<&Binding> {
         self.bindings.get(pod)
     }
