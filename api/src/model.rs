@@ -206,6 +206,24 @@ pub struct SubnetSpec {
     pub mtu: Option<u32>,
 }
 
+impl SubnetSpec {
+    /// A subnet with nothing but its name and CIDR: the gateway chosen
+    /// automatically, no exclusions, routes, DNS, tenancy, stickiness or MTU.
+    pub fn plain(name: impl Into<String>, cidr: IpNet) -> SubnetSpec {
+        SubnetSpec {
+            name: name.into(),
+            cidr,
+            gateway: GatewaySpec::Auto,
+            exclude: vec![],
+            routes: vec![],
+            dns: Dns::default(),
+            tenancy: Tenancy::default(),
+            sticky: None,
+            mtu: None,
+        }
+    }
+}
+
 /// A subnet as the cluster stores it: the spec with its gateway settled.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Subnet {

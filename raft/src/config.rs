@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::reconciler::ReconcileMode;
 use clap::{Parser, ValueEnum};
-use ipkeep_api::model::{Dns, GatewaySpec, SubnetSpec};
+use ipkeep_api::model::SubnetSpec;
 use ipnet::IpNet;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -212,17 +212,7 @@ impl DefaultSubnet {
     pub fn spec(&self) -> Option<SubnetSpec> {
         match self {
             DefaultSubnet::None => None,
-            DefaultSubnet::Create { name, cidr } => Some(SubnetSpec {
-                name: name.clone(),
-                cidr: *cidr,
-                gateway: GatewaySpec::Auto,
-                exclude: vec![],
-                routes: vec![],
-                dns: Dns::default(),
-                tenancy: Default::default(),
-                sticky: None,
-                mtu: None,
-            }),
+            DefaultSubnet::Create { name, cidr } => Some(SubnetSpec::plain(name.clone(), *cidr)),
         }
     }
 }

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use ipkeep_api::message::AddRequest;
-use ipkeep_api::model::{AttachmentKey, Dns, GatewaySpec, PodRef, SubnetSpec};
+use ipkeep_api::model::{AttachmentKey, PodRef, SubnetSpec};
 use ipkeep_store::{Command, Reply, State};
 
 fn add(i: usize) -> Command {
@@ -57,17 +57,7 @@ fn main() {
         let mut journal = Vec::new();
         state.apply(
             &Command::CreateSubnet {
-                spec: SubnetSpec {
-                    name: "s".into(),
-                    cidr: cidr.parse().unwrap(),
-                    gateway: GatewaySpec::Auto,
-                    exclude: vec![],
-                    routes: vec![],
-                    dns: Dns::default(),
-                    tenancy: Default::default(),
-                    sticky: None,
-                    mtu: None,
-                },
+                spec: SubnetSpec::plain("s", cidr.parse().unwrap()),
             },
             &mut journal,
         );

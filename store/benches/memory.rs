@@ -6,7 +6,7 @@
 //! (`cargo bench -p ipkeep-store --bench memory`).
 
 use ipkeep_api::message::AddRequest;
-use ipkeep_api::model::{AttachmentKey, Dns, GatewaySpec, PodRef, SubnetSpec};
+use ipkeep_api::model::{AttachmentKey, PodRef, SubnetSpec};
 use ipkeep_store::{Command, Reply, State};
 
 const LIVE: usize = 1_000_000;
@@ -63,17 +63,7 @@ fn fill(kubernetes: bool) -> State {
     let mut journal = Vec::new();
     state.apply(
         &Command::CreateSubnet {
-            spec: SubnetSpec {
-                name: "pods".into(),
-                cidr: "10.64.0.0/12".parse().expect("cidr"),
-                gateway: GatewaySpec::Auto,
-                exclude: vec![],
-                routes: vec![],
-                dns: Dns::default(),
-                tenancy: Default::default(),
-                sticky: None,
-                mtu: None,
-            },
+            spec: SubnetSpec::plain("pods", "10.64.0.0/12".parse().expect("cidr")),
         },
         &mut journal,
     );

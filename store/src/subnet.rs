@@ -354,20 +354,9 @@ impl SubnetState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ipkeep_api::model::Dns;
 
     fn spec(cidr: &str) -> SubnetSpec {
-        SubnetSpec {
-            name: "s".into(),
-            cidr: cidr.parse().unwrap(),
-            gateway: GatewaySpec::Auto,
-            exclude: vec![],
-            routes: vec![],
-            dns: Dns::default(),
-            tenancy: Default::default(),
-            sticky: None,
-            mtu: None,
-        }
+        SubnetSpec::plain("s", cidr.parse().unwrap())
     }
 
     #[test]

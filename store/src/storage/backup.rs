@@ -67,21 +67,11 @@ pub fn read(path: &Path) -> Result<Vec<RawRecord>, SnapshotFileError> {
 mod tests {
     use super::*;
     use crate::Command;
-    use ipkeep_api::model::{Dns, GatewaySpec, SubnetSpec, Tenancy};
+    use ipkeep_api::model::SubnetSpec;
 
     fn machine() -> Machine {
         let mut state = State::default();
-        let spec = SubnetSpec {
-            name: "pods".into(),
-            cidr: "10.9.0.0/24".parse().unwrap(),
-            gateway: GatewaySpec::Auto,
-            exclude: vec![],
-            routes: vec![],
-            dns: Dns::default(),
-            tenancy: Tenancy::default(),
-            sticky: None,
-            mtu: None,
-        };
+        let spec = SubnetSpec::plain("pods", "10.9.0.0/24".parse().unwrap());
         state.apply(&Command::CreateSubnet { spec }, &mut Vec::new());
         Machine {
             state,

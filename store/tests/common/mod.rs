@@ -2,21 +2,11 @@
 #![allow(dead_code)]
 
 use ipkeep_api::message::AddRequest;
-use ipkeep_api::model::{AttachmentKey, Dns, GatewaySpec, PodRef, SubnetSpec};
+use ipkeep_api::model::{AttachmentKey, PodRef, SubnetSpec};
 use ipkeep_store::Command;
 
 pub fn subnet(name: &str, cidr: &str) -> SubnetSpec {
-    SubnetSpec {
-        name: name.into(),
-        cidr: cidr.parse().unwrap(),
-        gateway: GatewaySpec::Auto,
-        exclude: vec![],
-        routes: vec![],
-        dns: Dns::default(),
-        tenancy: Default::default(),
-        sticky: None,
-        mtu: None,
-    }
+    SubnetSpec::plain(name, cidr.parse().unwrap())
 }
 
 pub fn key(cid: &str) -> AttachmentKey {
