@@ -39,21 +39,26 @@ fn two_thousand_plugins_at_once_get_answers_and_nothing_is_lost() {
     let conf = ipam_only_conf("1.1.0", "podnet", ipam);
 
     let started = Instant::now();
+    // The call a runtime makes for pod i, and makes again after error 11.
+    let add = |i: usize| {
+        let cid = format!("load{i:05}");
+        let call = CniCall::ipkeep("ADD")
+            .attachment(&cid, "eth0", &format!("/run/netns/{cid}"))
+            .args(&format!("K8S_POD_NAMESPACE=load;K8S_POD_NAME=p{i}"))
+            .stdin(&conf);
+        (cid, call)
+    };
     let running: Vec<_> = (0..CALLERS)
         .map(|i| {
-            let cid = format!("load{i:05}");
-            let call = CniCall::ipkeep("ADD")
-                .attachment(&cid, "eth0", &format!("/run/netns/{cid}"))
-                .args(&format!("K8S_POD_NAMESPACE=load;K8S_POD_NAME=p{i}"))
-                .stdin(&conf);
-            (cid, call.spawn())
+            let (cid, call) = add(i);
+            (i, cid, call.spawn())
         })
         .collect();
     let spawned = started.elapsed();
 
     let mut acknowledged: BTreeMap<String, String> = BTreeMap::new();
-    let mut try_again = 0;
-    for (cid, run) in running {
+    let mut told_to_retry = Vec::new();
+    for (i, cid, run) in running {
         let out = run.wait();
         if out.ok() {
             let addresses = out.addresses();
@@ -62,9 +67,10 @@ fn two_thousand_plugins_at_once_get_answers_and_nothing_is_lost() {
         } else {
             // Anything but "try again" would be a wrong answer to load.
             assert_eq!(out.error_code(), 11, "{}", out.stdout);
-            try_again += 1;
+            told_to_retry.push(i);
         }
     }
+    let try_again = told_to_retry.len();
     let finished = started.elapsed();
     let peak = peak_rss_kib(d.pid().expect("daemon pid"));
     println!(
@@ -80,12 +86,19 @@ fn two_thousand_plugins_at_once_get_answers_and_nothing_is_lost() {
         peak < MEMORY_BOUND_KIB,
         "daemon peak RSS {peak} KiB over {MEMORY_BOUND_KIB} KiB"
     );
+    // How many get an address during the storm depends on the machine's
+    // speed (all of them on a quiet 2-core VM, 817 in one slow CI run), so
+    // that is printed above, not asserted. What is asserted: "try again" was
+    // honest: a runtime that retries gets an address, none given twice.
+    for i in told_to_retry {
+        let (cid, call) = add(i);
+        let out = call.run();
+        assert!(out.ok(), "{cid} retried after 11: {}", out.stdout);
+        acknowledged.insert(cid, out.addresses()[0].clone());
+    }
+    assert_eq!(acknowledged.len(), CALLERS);
     let distinct: HashSet<&String> = acknowledged.values().collect();
     assert_eq!(distinct.len(), acknowledged.len(), "an address given twice");
-    assert!(
-        acknowledged.len() > CALLERS / 2,
-        "the daemon answered most callers with an address"
-    );
 
     let holding = |d: &Daemon| -> BTreeMap<String, String> {
         held(&d.socket(), &[])
