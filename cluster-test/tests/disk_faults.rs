@@ -95,7 +95,7 @@ fn a_full_disk_refuses_writes_clearly_loses_nothing_and_recovers_by_itself() {
 }
 
 /// Without the floor (or when something else fills the disk between the
-/// check and the write), sled meets ENOSPC: the daemon stops with that
+/// check and the write), a write meets ENOSPC: the daemon stops with that
 /// error rather than serve from a store that failed a write, and once
 /// space returns a restart serves everything it acknowledged.
 #[test]
@@ -116,11 +116,11 @@ fn a_write_that_meets_a_full_disk_stops_the_node_and_a_restart_loses_nothing() {
         if out.ok() {
             acknowledged.insert(cid, out.addresses()[0].clone());
         } else {
-            refused = Some(out);
+            refused = Some((cid, out));
             break;
         }
     }
-    let refused = refused.expect("a full disk must stop writes at some point");
+    let (refused_cid, refused) = refused.expect("a full disk must stop writes at some point");
     assert_eq!(refused.error_code(), 11, "{}", refused.stdout);
     let status = d.wait_exit(std::time::Duration::from_secs(30));
     assert!(!status.success());
@@ -128,13 +128,31 @@ fn a_write_that_meets_a_full_disk_stops_the_node_and_a_restart_loses_nothing() {
 
     std::fs::remove_file(&filler).unwrap();
     d.restart();
-    assert_eq!(holding(&d), acknowledged);
+    // Everything acknowledged is held, at its address. The refused ADD
+    // ("try again") may have been committed before the write that failed
+    // (the log had room, the state did not): then it holds an address,
+    // and the runtime's retry gets that same one.
+    let mut held = holding(&d);
+    let retried = held.remove(&refused_cid);
+    assert_eq!(held, acknowledged);
+    let again = add(&d, &refused_cid);
+    assert!(again.ok(), "{}", again.stdout);
+    if let Some(address) = retried {
+        assert_eq!(again.addresses()[0], address);
+    }
     let out = add(&d, "after");
     assert!(out.ok(), "{}", out.stdout);
 }
 
-fn db_file(data: &Path) -> std::path::PathBuf {
-    data.join("db").join("db")
+/// The Raft log's segments, in order.
+fn log_segments(data: &Path) -> Vec<std::path::PathBuf> {
+    let mut found: Vec<_> = std::fs::read_dir(data.join("log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    found.sort();
+    found
 }
 
 /// Starts ipkeepd on `data` and expects it to refuse: non-zero exit within
@@ -165,11 +183,44 @@ fn copy_dir(from: &Path, to: &Path) {
     assert!(status.success());
 }
 
-/// sled recovers a damaged file by keeping its longest valid prefix, which
-/// would silently drop acknowledged writes. The commit witness beside it
-/// catches that at start, and the message says which file and what to do.
+type Damage = Box<dyn Fn(&Path)>;
+
+fn truncate_to_half(path: std::path::PathBuf) -> Damage {
+    Box::new(move |data: &Path| {
+        let path = data.join(&path);
+        let len = std::fs::metadata(&path).unwrap().len();
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(len / 2).unwrap();
+    })
+}
+
+fn overwrite_middle(path: std::path::PathBuf) -> Damage {
+    Box::new(move |data: &Path| {
+        use std::os::unix::fs::FileExt;
+        let path = data.join(&path);
+        let len = std::fs::metadata(&path).unwrap().len();
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(&[0xa5; 256], len / 2).unwrap();
+    })
+}
+
+fn remove(path: std::path::PathBuf) -> Damage {
+    Box::new(move |data: &Path| {
+        let path = data.join(&path);
+        if path.is_dir() {
+            std::fs::remove_dir_all(path).unwrap()
+        } else {
+            std::fs::remove_file(path).unwrap()
+        }
+    })
+}
+
+/// Damage to the Raft log (a truncated or overwritten segment keeps only
+/// the records before the damage; a removed one leaves nothing) would
+/// silently drop acknowledged writes. The commit witness beside it catches
+/// that at start, and the message says which file and what to do.
 #[test]
-fn a_damaged_or_truncated_database_is_refused_at_start_with_what_to_do() {
+fn a_damaged_or_truncated_log_is_refused_at_start_with_what_to_do() {
     let mut d = Daemon::start(DaemonOptions {
         default_subnet: "pods=10.74.0.0/22".into(),
         ..Default::default()
@@ -180,42 +231,24 @@ fn a_damaged_or_truncated_database_is_refused_at_start_with_what_to_do() {
     }
     d.kill9();
     let work = tempfile::tempdir().unwrap();
-    let len = std::fs::metadata(db_file(&d.data_dir())).unwrap().len();
+    let segments = log_segments(&d.data_dir());
+    assert_eq!(segments.len(), 1, "60 entries fit one segment");
+    let segment = segments[0].strip_prefix(d.data_dir()).unwrap().to_owned();
 
-    type Damage = Box<dyn Fn(&Path)>;
     let damages: Vec<(&str, Damage)> = vec![
+        ("log truncated to half", truncate_to_half(segment.clone())),
         (
-            "truncated to half",
-            Box::new(move |data: &Path| {
-                let f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(db_file(data))
-                    .unwrap();
-                f.set_len(len / 2).unwrap();
-            }),
+            "log bytes overwritten in the middle",
+            overwrite_middle(segment.clone()),
         ),
-        (
-            "bytes overwritten in the middle",
-            Box::new(move |data: &Path| {
-                use std::os::unix::fs::FileExt;
-                let f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(db_file(data))
-                    .unwrap();
-                f.write_all_at(&[0xa5; 256], len / 2).unwrap();
-            }),
-        ),
-        (
-            "database file removed",
-            Box::new(|data: &Path| std::fs::remove_file(db_file(data)).unwrap()),
-        ),
+        ("log segment removed", remove(segment.clone())),
     ];
     for (what, damage) in damages {
         let data = work.path().join(what.replace(' ', "-"));
         copy_dir(&d.data_dir(), &data);
         damage(&data);
         let stderr = refused_start(&data);
-        for needed in ["lost acknowledged writes", "learner", "--restore", "db"] {
+        for needed in ["lost acknowledged writes", "learner", "--restore", "log"] {
             assert!(
                 stderr.contains(needed),
                 "{what}: {needed:?} missing in {stderr}"
@@ -235,4 +268,59 @@ fn a_damaged_or_truncated_database_is_refused_at_start_with_what_to_do() {
     // The undamaged original still starts, with everything.
     d.restart();
     assert_eq!(holding(&d).len(), 60);
+}
+
+/// The state in sled is rebuilt from the snapshot and the log, both
+/// fsynced: a damaged or lost database costs nothing while they cover it,
+/// and is refused, saying what to do, once the log was purged behind a
+/// snapshot that is gone too.
+#[test]
+fn a_damaged_database_is_rebuilt_from_the_snapshot_and_the_log() {
+    let mut d = Daemon::start(DaemonOptions {
+        default_subnet: "pods=10.74.0.0/22".into(),
+        snapshot_every: Some(25),
+        keep_logs: Some(5),
+        ..Default::default()
+    });
+    let mut acknowledged = BTreeMap::new();
+    for i in 0..60 {
+        let out = add(&d, &format!("c{i}"));
+        assert!(out.ok(), "{}", out.stdout);
+    }
+    acknowledged.extend(holding(&d));
+    assert_eq!(acknowledged.len(), 60);
+    d.kill9();
+    let work = tempfile::tempdir().unwrap();
+    let db = std::path::PathBuf::from("db/db");
+
+    let damages: Vec<(&str, Damage)> = vec![
+        ("database truncated to half", truncate_to_half(db.clone())),
+        (
+            "database bytes overwritten in the middle",
+            overwrite_middle(db.clone()),
+        ),
+        ("database removed", remove("db".into())),
+    ];
+    let pristine = work.path().join("pristine");
+    copy_dir(&d.data_dir(), &pristine);
+    for (what, damage) in damages {
+        std::fs::remove_dir_all(d.data_dir()).unwrap();
+        copy_dir(&pristine, &d.data_dir());
+        damage(&d.data_dir());
+        d.restart();
+        assert_eq!(holding(&d), acknowledged, "{what}");
+        let out = add(&d, "after");
+        assert!(out.ok(), "{what}: {}", out.stdout);
+        d.kill9();
+    }
+
+    // Without the snapshot, the entries purged behind it are gone.
+    let data = work.path().join("database-and-snapshot-removed");
+    copy_dir(&pristine, &data);
+    std::fs::remove_dir_all(data.join("db")).unwrap();
+    std::fs::remove_dir_all(data.join("snapshots")).unwrap();
+    let stderr = refused_start(&data);
+    for needed in ["purged", "learner", "--restore", "db"] {
+        assert!(stderr.contains(needed), "{needed:?} missing in {stderr}");
+    }
 }

@@ -1,5 +1,5 @@
-//! Group commit for the Raft log: appends are written to sled at once and
-//! acknowledged from this thread after one flush covers them. Many appends
+//! Group commit for the Raft log: appends are written to the log file at
+//! once and acknowledged from this thread after one fdatasync covers them. Many appends
 //! arriving while a flush runs share the next flush, so throughput grows with
 //! load while no entry is ever acknowledged before it is on disk.
 //!
@@ -21,13 +21,15 @@ use std::thread;
 use openraft::storage::LogFlushed;
 use tokio::sync::oneshot;
 
+use super::log_file::LogFile;
 use super::witness::CommitWitness;
 use crate::types::TypeConfig;
 
 enum Job {
-    /// An append waiting for its flush: its callback, its last index and
-    /// the witness's truncation epoch when it was made.
-    Append(LogFlushed<TypeConfig>, u64, u64),
+    /// An append waiting for its flush: its callback, its last index (none
+    /// when it was empty) and the witness's truncation epoch when it was
+    /// made.
+    Append(LogFlushed<TypeConfig>, Option<u64>, u64),
     /// Answered once every job before it is done.
     Barrier(oneshot::Sender<()>),
 }
@@ -39,7 +41,7 @@ pub struct Flusher {
 }
 
 impl Flusher {
-    pub fn start(db: sled::Db, witness: Arc<CommitWitness>) -> io::Result<Flusher> {
+    pub fn start(log: Arc<LogFile>, witness: Arc<CommitWitness>) -> io::Result<Flusher> {
         let (jobs, pending) = mpsc::channel::<Job>();
         let thread = thread::Builder::new()
             .name("ipkeep-log-flush".into())
@@ -49,24 +51,20 @@ impl Flusher {
                     let mut group = vec![first];
                     group.extend(pending.try_iter());
                     let has_appends = group.iter().any(|j| matches!(j, Job::Append(..)));
-                    let outcome = if has_appends {
-                        db.flush().map(|_| ())
-                    } else {
-                        Ok(())
-                    };
+                    let outcome = if has_appends { log.sync_data() } else { Ok(()) };
                     // In submission order: a barrier is answered only after
                     // the appends before it are acknowledged.
                     for job in group {
                         match job {
                             Job::Append(done, index, epoch) => {
-                                if outcome.is_ok() {
+                                if let (Ok(()), Some(index)) = (&outcome, index) {
                                     witness.flushed(index, epoch);
                                 }
                                 done.log_io_completed(
                                     outcome
                                         .as_ref()
                                         .map(|_| ())
-                                        .map_err(|e| io::Error::other(e.to_string())),
+                                        .map_err(|e| io::Error::new(e.kind(), e.to_string())),
                                 );
                             }
                             Job::Barrier(reached) => {
@@ -84,7 +82,7 @@ impl Flusher {
 
     /// Acknowledges `done` once everything written so far (up to
     /// `last_index`, appended in the witness's `epoch`) is on disk.
-    pub fn submit(&self, done: LogFlushed<TypeConfig>, last_index: u64, epoch: u64) {
+    pub fn submit(&self, done: LogFlushed<TypeConfig>, last_index: Option<u64>, epoch: u64) {
         let sent = match &self.jobs {
             Some(jobs) => jobs
                 .send(Job::Append(done, last_index, epoch))
@@ -112,7 +110,7 @@ impl Flusher {
 }
 
 impl Drop for Flusher {
-    /// Waits for the last flush and for the thread to let go of the database,
+    /// Waits for the last flush and for the thread to let go of the log,
     /// so that the data directory can be opened again as soon as the store
     /// is dropped.
     fn drop(&mut self) {

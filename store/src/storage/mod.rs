@@ -1,20 +1,22 @@
-//! The sled-backed storage of a node: the Raft log and vote
-//! ([`LogStore`], openraft's `RaftLogStorage`) and the state machine
-//! ([`StateMachineStore`], openraft's `RaftStateMachine`), both in one sled
-//! database under the data directory, and snapshots as files beside it.
+//! The storage of a node, under its data directory: the Raft log, vote and
+//! purge point in files of their own (`log/`, [`LogStore`], openraft's
+//! `RaftLogStorage`), the state machine in a sled database (`db/`,
+//! [`StateMachineStore`], openraft's `RaftStateMachine`), and snapshots as
+//! files (`snapshots/`).
 //!
 //! Durability, as openraft needs it:
-//! - appended entries are acknowledged only after sled has flushed them (a
-//!   flusher thread commits them in groups, in order);
-//! - the vote is flushed before `save_vote` returns;
+//! - appended entries are acknowledged only after an fdatasync of the log
+//!   covers them (a flusher thread syncs them in groups, in order);
+//! - the vote is fsynced before `save_vote` returns;
 //! - applied state and last-applied are one atomic sled batch, so an entry is
-//!   never applied twice nor lost after a crash (the log is flushed, the state
-//!   need not be: what is missing is re-applied from the log);
+//!   never applied twice; the state is not flushed with each apply: what a
+//!   crash takes from it is re-applied from the log;
 //! - a snapshot is written to a file and fsynced before it is reported, and
 //!   the state is flushed before the log can be purged behind it.
 //!
-//! sled's flush uses sync_file_range on Linux, which (sled issue #1452) may
-//! not survive power loss; kill -9 is what the tests can prove.
+//! sled's own flush uses sync_file_range on Linux, which (sled issue #1452)
+//! may not survive power loss; the state it holds can be rebuilt from the
+//! snapshot and the log, which are fsynced.
 
 // openraft's traits fix the error type (StorageError, over 200 bytes); the
 // helpers here return what the traits return.
@@ -22,6 +24,8 @@
 
 pub mod backup;
 mod flusher;
+mod legacy_log;
+mod log_file;
 mod log_store;
 mod snapshot_file;
 pub mod snapshot_stats;
@@ -78,13 +82,31 @@ pub enum OpenError {
         #[source]
         source: RecordError,
     },
-    #[error("the Raft log in {} ends at {last} but the commit witness {} shows that entries up to {committed} were committed and flushed here: the database file was damaged or truncated and lost acknowledged writes, and ipkeepd will not serve from it. Move the data directory away, start this node with an empty one and rejoin it as a learner (ipkeepctl member add), or bring a new cluster up from a backup (ipkeepd --restore FILE)", db.display(), witness.display())]
+    #[error("the Raft log in {} ends at {last} but the commit witness {} shows that entries up to {committed} were committed and flushed here: the log was damaged or truncated and lost acknowledged writes, and ipkeepd will not serve from it. Move the data directory away, start this node with an empty one and rejoin it as a learner (ipkeepctl member add), or bring a new cluster up from a backup (ipkeepd --restore FILE)", log.display(), witness.display())]
     LostWrites {
-        db: PathBuf,
+        log: PathBuf,
         witness: PathBuf,
         committed: u64,
         /// "entry N", or "nothing (it is empty)".
         last: String,
+    },
+    #[error("the Raft log is damaged: {source}. If this node is one of several, move the data directory away, start it with an empty one and rejoin it as a learner (ipkeepctl member add); otherwise bring a new cluster up from a backup (ipkeepd --restore FILE)")]
+    Log {
+        #[source]
+        source: log_file::LogError,
+    },
+    #[error("the state in {} was applied up to entry {applied} but the Raft log was purged up to entry {purged} and no snapshot covers the difference: the database lost writes. Move the data directory away, start this node with an empty one and rejoin it as a learner (ipkeepctl member add), or bring a new cluster up from a backup (ipkeepd --restore FILE)", db.display())]
+    StateBehindLog {
+        db: PathBuf,
+        applied: String,
+        purged: u64,
+    },
+    #[error("cannot move the Raft log out of the database in {} into {}: {source}", db.display(), log.display())]
+    Import {
+        db: PathBuf,
+        log: PathBuf,
+        #[source]
+        source: std::io::Error,
     },
     #[error("the commit witness cannot be trusted. If the database is known to be intact, remove the witness and start again (it is rebuilt); if not, rejoin this node as a learner with an empty data directory, or restore a backup")]
     Witness {
@@ -100,6 +122,7 @@ pub enum OpenError {
 }
 
 const DB_DIR: &str = "db";
+const LOG_DIR: &str = "log";
 const SNAPSHOT_DIR: &str = "snapshots";
 const WITNESS_FILE: &str = "commit.witness";
 
@@ -114,6 +137,28 @@ fn create_private_dir(path: &Path) -> Result<(), OpenError> {
         })
 }
 
+/// Creates the log directory when there is none: empty for a new node,
+/// or with the log a previous version kept in sled. It is built beside
+/// and renamed into place whole, so a crash leaves either no log directory
+/// (and the old trees, to start again from) or a complete one.
+fn create_log_dir(data_dir: &Path, log_dir: &Path, db: &sled::Db) -> std::io::Result<()> {
+    let staging = data_dir.join("log.new");
+    if staging.exists() {
+        fs::remove_dir_all(&staging)?;
+    }
+    fs::DirBuilder::new().mode(0o700).create(&staging)?;
+    let log = log_file::LogFile::open(&staging).map_err(std::io::Error::other)?;
+    let copied = legacy_log::import(db, &log)?;
+    if copied > 0 {
+        tracing::info!(
+            entries = copied,
+            "moved the Raft log out of the database into its own files"
+        );
+    }
+    drop(log);
+    snapshot_file::publish(&staging, log_dir)
+}
+
 /// Opens (or creates) the storage of a node in `data_dir`.
 pub fn open(
     data_dir: &Path,
@@ -121,6 +166,7 @@ pub fn open(
 ) -> Result<(LogStore, StateMachineStore), OpenError> {
     create_private_dir(data_dir)?;
     let db_path = data_dir.join(DB_DIR);
+    let log_path = data_dir.join(LOG_DIR);
     let snapshot_dir = data_dir.join(SNAPSHOT_DIR);
     create_private_dir(&snapshot_dir)?;
     let db = sled::Config::new()
@@ -136,27 +182,49 @@ pub fn open(
                 source,
             },
         })?;
+    if !log_path.exists() {
+        create_log_dir(data_dir, &log_path, &db).map_err(|source| OpenError::Import {
+            db: db_path.clone(),
+            log: log_path.clone(),
+            source,
+        })?;
+    }
+    legacy_log::drop_trees(&db).map_err(|source| OpenError::Database {
+        path: db_path.clone(),
+        source,
+    })?;
+    let log_file =
+        log_file::LogFile::open(&log_path).map_err(|source| OpenError::Log { source })?;
     let witness_path = data_dir.join(WITNESS_FILE);
     let (witness, witnessed) = witness::CommitWitness::open(&witness_path)
         .map_err(|source| OpenError::Witness { source })?;
-    let log = LogStore::open(db.clone(), std::sync::Arc::new(witness)).map_err(|source| {
-        OpenError::Database {
-            path: db_path.clone(),
-            source,
-        }
-    })?;
-    let last = log.last_index().map_err(|e| OpenError::Database {
-        path: db_path.clone(),
-        source: sled::Error::Unsupported(e.to_string()),
-    })?;
+    let last = log_file.last_log_id().map(|l| l.index);
     if witnessed > last.map_or(0, |l| l + 1) {
         return Err(OpenError::LostWrites {
-            db: db_path,
+            log: log_path,
             witness: witness_path,
             committed: witnessed - 1,
             last: last.map_or("nothing (it is empty)".into(), |l| format!("entry {l}")),
         });
     }
+    let purged = log_file.last_purged();
+    let log =
+        LogStore::open(log_file, db.clone(), std::sync::Arc::new(witness)).map_err(|source| {
+            OpenError::Log {
+                source: log_file::LogError::Io {
+                    path: log_path.clone(),
+                    source,
+                },
+            }
+        })?;
     let state_machine = StateMachineStore::open(db, &db_path, snapshot_dir)?;
+    let applied = state_machine.shared().read().last_applied;
+    if let Some(purged) = purged.filter(|p| applied.is_none_or(|a| a.index < p.index)) {
+        return Err(OpenError::StateBehindLog {
+            db: db_path,
+            applied: applied.map_or("nothing".into(), |a| a.index.to_string()),
+            purged: purged.index,
+        });
+    }
     Ok((log, state_machine))
 }
