@@ -349,3 +349,99 @@ fn status_shows_every_members_health_from_any_node() {
         "{dead}"
     );
 }
+
+/// The node-API ADD of `container` on the "pods" subnet, as the plugin sends it.
+fn api_add(container: &str) -> ipkeep_api::message::Request {
+    use ipkeep_api::message::{AddRequest, MacWish, Request, Timing};
+    use ipkeep_api::model::{AttachmentKey, PodRef};
+    Request::Add(AddRequest {
+        key: AttachmentKey {
+            network: "clnet".into(),
+            container_id: container.into(),
+            ifname: "eth0".into(),
+        },
+        netns: "/run/netns/x".into(),
+        subnets: vec![vec!["pods".into()]],
+        pod: PodRef::default(),
+        requested: vec![],
+        mac: MacWish::NotNeeded,
+        timing: Timing::default(),
+    })
+}
+
+/// Sends the ADD of `container` to `socket` and returns the address it got.
+fn api_address(client: &mut ipkeep_api::Client, container: &str) -> String {
+    match client.call(&api_add(container)) {
+        Ok(ipkeep_api::message::Response::Added(r)) => r.ips[0].address.addr().to_string(),
+        other => panic!("ADD {container}: {other:?}"),
+    }
+}
+
+#[test]
+fn concurrent_writes_share_entries_and_each_gets_its_own_answer() {
+    const CLIENTS_PER_NODE: usize = 12;
+    const ADDS_PER_CLIENT: usize = 16;
+    let (_dir, c) = cluster(3, ClusterOptions::default());
+    let leader = c.wait_for_leader(Duration::from_secs(10));
+    let follower = c.ids().into_iter().find(|&id| id != leader).unwrap();
+    let log_index = || {
+        c.status(leader)
+            .and_then(|s| s.last_log_index)
+            .expect("the leader's status")
+    };
+    let before = log_index();
+
+    // Clients on the leader's node, and on a follower's (whose writes reach
+    // the leader's batcher forwarded, one by one).
+    let got: BTreeMap<String, String> = std::thread::scope(|scope| {
+        let workers: Vec<_> = [leader, follower]
+            .into_iter()
+            .flat_map(|node| (0..CLIENTS_PER_NODE).map(move |t| (node, t)))
+            .map(|(node, t)| {
+                let socket = c.node(node).socket();
+                scope.spawn(move || {
+                    let mut client =
+                        ipkeep_api::Client::connect(&socket, Duration::from_secs(10)).unwrap();
+                    (0..ADDS_PER_CLIENT)
+                        .map(|i| {
+                            let container = format!("n{node}-t{t}-{i}");
+                            let address = api_address(&mut client, &container);
+                            (container, address)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    });
+    let writes = 2 * CLIENTS_PER_NODE * ADDS_PER_CLIENT;
+    assert_eq!(got.len(), writes);
+    let distinct: std::collections::BTreeSet<_> = got.values().collect();
+    assert_eq!(distinct.len(), writes, "an address was given twice");
+
+    let entries = log_index() - before;
+    assert!(
+        entries < writes as u64,
+        "{writes} concurrent ADDs took {entries} log entries: none were shared"
+    );
+
+    // Each caller was answered with its own allocation: asked again (an ADD
+    // is idempotent), every container names the address it was given.
+    let mut client =
+        ipkeep_api::Client::connect(&c.node(leader).socket(), Duration::from_secs(10)).unwrap();
+    for (container, address) in &got {
+        assert_eq!(&api_address(&mut client, container), address, "{container}");
+    }
+    for id in c.ids() {
+        let view = ip_list(&c, id, true);
+        let differ: Vec<_> = got
+            .iter()
+            .filter(|(container, address)| view.get(*container) != Some(address))
+            .collect();
+        assert!(differ.is_empty(), "node {id} holds otherwise: {differ:?}");
+        assert_eq!(view.len(), got.len(), "node {id}'s view");
+    }
+}

@@ -83,6 +83,10 @@ fn metrics_show_addresses_requests_latency_and_raft() {
     let v = |p: &str| sample(&body, p).unwrap_or_else(|| panic!("no {p} in\n{body}"));
     assert_eq!(v(r#"ipkeep_requests_total{request="add",code="0"}"#), 3.0);
     assert_eq!(v(r#"ipkeep_requests_total{request="add",code="101"}"#), 1.0);
+    // The four ADDs, one after another: each in an entry of its own (the
+    // refused one is refused by the state machine, so it is committed too).
+    assert_eq!(v("ipkeep_batched_writes_total"), 4.0);
+    assert_eq!(v("ipkeep_write_entries_total"), 4.0);
     assert_eq!(
         v(r#"ipkeep_request_duration_seconds_count{request="add"}"#),
         4.0

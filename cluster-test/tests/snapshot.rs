@@ -36,8 +36,10 @@ fn add_request(i: usize) -> Request {
 fn ten_thousand_allocations_survive_snapshots_purges_and_restarts() {
     let mut daemon = Daemon::start(DaemonOptions {
         default_subnet: "pods=10.90.0.0/16".into(),
-        snapshot_every: Some(1_000),
-        keep_logs: Some(100),
+        // Concurrent ADDs share entries, so 10,000 of them take fewer
+        // entries than that: a snapshot every 200 still makes many.
+        snapshot_every: Some(200),
+        keep_logs: Some(20),
         ..Default::default()
     });
     // The node API directly (the plugin's own path is tested elsewhere): 10,000
@@ -71,7 +73,11 @@ fn ten_thousand_allocations_survive_snapshots_purges_and_restarts() {
     let status = daemon.status();
     let snapshot = status.snapshot_index.expect("a snapshot was taken");
     let purged = status.purged_index.expect("the log was purged behind it");
-    assert!(snapshot >= 9_000, "snapshot at {snapshot}");
+    let last = status.last_log_index.expect("a log");
+    assert!(
+        snapshot >= 400 && snapshot + 600 >= last,
+        "snapshot at {snapshot}, log at {last}: snapshots are not keeping up"
+    );
     assert!(
         purged > 0 && purged <= snapshot,
         "purged {purged}, snapshot {snapshot}"

@@ -14,13 +14,15 @@ use crate::api_server::ApiServer;
 use crate::bootstrap::{bootstrap, FirstTask, Formation};
 use crate::config::Args;
 use crate::disk::DiskGuard;
+use crate::metrics::Metrics;
 use crate::metrics_server::MetricsServer;
 use crate::network::PeerNetwork;
-use crate::node::Node;
+use crate::node::{commit_entry, Node};
 use crate::peer::pool::PeerPool;
 use crate::peer::server::PeerServer;
 use crate::peer::ClusterSecret;
 use crate::reconciler::{Leaks, ReconcileSettings};
+use crate::write_batch::WriteBatcher;
 
 fn raft_config(args: &Args) -> anyhow::Result<Config> {
     let config = Config {
@@ -136,6 +138,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     .await
     .context("starting raft")?;
 
+    let metrics = Metrics::default();
+    let writes = {
+        let raft = raft.clone();
+        let timeout = args.write_timeout_ms;
+        WriteBatcher::start(
+            move |command| {
+                let raft = raft.clone();
+                async move { commit_entry(&raft, timeout, command).await }
+            },
+            metrics.batches.clone(),
+            timeout,
+        )
+    };
     let node = Arc::new(Node {
         id: args.node_id,
         name: args.node_name().to_owned(),
@@ -145,13 +160,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         write_timeout: args.write_timeout_ms,
         peers: secret.clone().map(|s| PeerPool::new(s, args.node_id)),
         log: log_view,
-        metrics: Default::default(),
+        metrics,
         leaks: Leaks::new(ReconcileSettings {
             mode: args.reconcile,
             grace: args.leak_grace,
             every: args.reconcile_every,
         }),
         disk: DiskGuard::new(&args.data_dir, args.min_free_space),
+        writes,
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -14,3 +14,4 @@ pub mod node;
 pub mod peer;
 pub mod reconciler;
 pub mod service;
+pub mod write_batch;

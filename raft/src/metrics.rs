@@ -13,6 +13,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::node::Node;
+use crate::write_batch::BatchCounters;
 
 type Labels = Vec<(String, String)>;
 type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
@@ -27,6 +28,8 @@ fn latency_histogram() -> Histogram {
 pub struct Metrics {
     requests: Family<Labels, Counter>,
     latency: HistogramFamily,
+    /// What the write batcher proposed.
+    pub batches: BatchCounters,
 }
 
 impl Default for Metrics {
@@ -34,6 +37,7 @@ impl Default for Metrics {
         Metrics {
             requests: Family::default(),
             latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            batches: BatchCounters::default(),
         }
     }
 }
@@ -78,6 +82,16 @@ impl Metrics {
             "request_duration_seconds",
             "Time to serve a node API request, including its Raft commit",
             self.latency.clone(),
+        );
+        registry.register(
+            "write_entries",
+            "Raft entries this node proposed as leader for ADDs and DELs",
+            self.batches.entries.clone(),
+        );
+        registry.register(
+            "batched_writes",
+            "ADDs and DELs those entries carried (more than entries: concurrent writes shared them)",
+            self.batches.writes.clone(),
         );
         register_state(&mut registry, node);
         register_raft(&mut registry, node);

@@ -20,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::peer::pool::PeerPool;
 use crate::peer::wire::{Committed, ForwardError, MembershipChange, PeerRequest, PeerResponse};
 use crate::reconciler::Leaks;
+use crate::write_batch::WriteBatcher;
 
 /// Most voters a cluster may have: consensus cost grows with every voter,
 /// and five already survive two failures. More nodes join as learners.
@@ -46,6 +47,8 @@ pub struct Node {
     pub leaks: Leaks,
     /// Free space in the data directory, checked before every write.
     pub disk: DiskGuard,
+    /// Gathers concurrent ADDs and DELs into shared entries (on the leader).
+    pub writes: WriteBatcher,
 }
 
 /// How long `ipkeepctl status` waits for each member.
@@ -95,23 +98,37 @@ fn write_error(e: RaftError<u64, ClientWriteError<u64, PeerNode>>) -> ForwardErr
     }
 }
 
+/// Puts one command through Raft as one entry, if this node is the leader.
+pub async fn commit_entry(
+    raft: &Raft,
+    write_timeout: Duration,
+    command: Command,
+) -> Result<Committed, ForwardError> {
+    let write = raft.client_write(command.stamped(now_ms()));
+    match tokio::time::timeout(write_timeout, write).await {
+        Err(_) => Err(ForwardError::Api(ApiError::try_again(format!(
+            "the leader could not commit within {write_timeout:?}: no quorum"
+        )))),
+        Ok(Ok(response)) => Ok(Committed {
+            reply: response.data,
+            index: response.log_id.index,
+        }),
+        Ok(Err(e)) => Err(write_error(e)),
+    }
+}
+
 impl Node {
     // ---- on the leader --------------------------------------------------
 
     /// Commits a command on this node if it is the leader; stamps the time.
+    /// ADDs and DELs go through the batcher, which lets concurrent ones
+    /// share an entry.
     pub async fn commit_here(&self, command: Command) -> Result<Committed, ForwardError> {
         self.disk.check().map_err(ForwardError::Api)?;
-        let write = self.raft.client_write(command.stamped(now_ms()));
-        match tokio::time::timeout(self.write_timeout, write).await {
-            Err(_) => Err(ForwardError::Api(ApiError::try_again(format!(
-                "the leader could not commit within {:?}: no quorum",
-                self.write_timeout
-            )))),
-            Ok(Ok(response)) => Ok(Committed {
-                reply: response.data,
-                index: response.log_id.index,
-            }),
-            Ok(Err(e)) => Err(write_error(e)),
+        if command.may_share_an_entry() {
+            self.writes.commit(command).await
+        } else {
+            commit_entry(&self.raft, self.write_timeout, command).await
         }
     }
 

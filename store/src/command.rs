@@ -91,6 +91,13 @@ pub enum Command {
     ExpireBindings {
         at_ms: u64,
     },
+    /// Several ADDs and DELs that reached the leader together, applied in
+    /// order as if each were an entry of its own: one log entry, one
+    /// append and one replication for all of them (see the raft crate's
+    /// write batcher). Answered by [`Reply::Batch`], one reply each. Kept
+    /// last: bincode numbers variants in order, and entries already in a
+    /// log must still decode.
+    Batch(Vec<Command>),
 }
 
 impl Command {
@@ -105,9 +112,22 @@ impl Command {
             | Command::Reclaim { at_ms, .. }
             | Command::ForgetNode { at_ms, .. }
             | Command::ExpireBindings { at_ms } => *at_ms = now_ms,
+            Command::Batch(commands) => {
+                *commands = std::mem::take(commands)
+                    .into_iter()
+                    .map(|command| command.stamped(now_ms))
+                    .collect();
+            }
             _ => {}
         }
         self
+    }
+
+    /// May this command share a log entry with others? The node API's hot
+    /// path (ADD and DEL) may; the rest are rare, and some (a restore) are
+    /// large enough to want an entry of their own.
+    pub fn may_share_an_entry(&self) -> bool {
+        matches!(self, Command::Add { .. } | Command::Del { .. })
     }
 }
 
@@ -125,4 +145,6 @@ pub enum Reply {
     Failed(ApiError),
     /// Done; nothing more to say (also blank and membership entries).
     Done,
+    /// The replies to a [`Command::Batch`], in its order.
+    Batch(Vec<Reply>),
 }

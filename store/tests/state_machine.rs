@@ -404,3 +404,66 @@ fn an_add_issued_before_a_del_of_its_attachment_never_lands_after_it() {
         "expired after the window"
     );
 }
+
+#[test]
+fn a_batch_decides_exactly_what_its_writes_would_as_entries_of_their_own() {
+    // The subnet has room for 61 pods: the batch runs it out, so some ADDs
+    // in the middle are refused while the DELs around them free addresses.
+    let writes: Vec<Command> = (0..90)
+        .flat_map(|i| {
+            let mut v = vec![add(&format!("c{i}"), &[&["a"]])];
+            if i % 4 == 3 {
+                v.push(del(&format!("c{}", i - 2)));
+            }
+            v
+        })
+        .collect();
+
+    let mut separate = with_subnets(&[("a", "10.12.0.0/26")]);
+    let mut one_by_one = Vec::new();
+    let mut separate_journal = Vec::new();
+    for write in &writes {
+        let (reply, journal) = apply(&mut separate, write.clone());
+        one_by_one.push(reply);
+        separate_journal.extend(journal);
+    }
+
+    let mut batched = with_subnets(&[("a", "10.12.0.0/26")]);
+    let (reply, batch_journal) = apply(&mut batched, Command::Batch(writes.clone()));
+    let Reply::Batch(replies) = reply else {
+        panic!("a batch is answered by a batch, got {reply:?}");
+    };
+    assert!(
+        one_by_one.iter().any(|r| matches!(r, Reply::Failed(_))),
+        "the run must include refused ADDs"
+    );
+    assert_eq!(
+        replies, one_by_one,
+        "the same answer to each write, in order"
+    );
+    assert_eq!(batch_journal, separate_journal, "the same writes to disk");
+    assert_eq!(
+        batched.records().collect::<Vec<_>>(),
+        separate.records().collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn a_batch_inside_a_batch_is_refused_and_changes_nothing() {
+    let mut state = with_subnets(&[("a", "10.13.0.0/24")]);
+    let before: Vec<_> = state.records().collect();
+    let (reply, journal) = apply(
+        &mut state,
+        Command::Batch(vec![Command::Batch(vec![add("c1", &[&["a"]])])]),
+    );
+    match reply {
+        Reply::Batch(replies) => {
+            assert_eq!(replies.len(), 1);
+            let e = failed(replies[0].clone());
+            assert!(e.to_string().contains("command"), "{e}");
+        }
+        other => panic!("expected a batch reply, got {other:?}"),
+    }
+    assert!(journal.is_empty());
+    assert_eq!(state.records().collect::<Vec<_>>(), before);
+}

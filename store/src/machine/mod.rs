@@ -77,6 +77,20 @@ impl State {
             Command::ExpireBindings { at_ms } => {
                 Ok(Reply::Expired(self.expire_bindings(*at_ms, journal)))
             }
+            Command::Batch(commands) => Ok(Reply::Batch(
+                commands
+                    .iter()
+                    .map(|command| match command {
+                        // Only the leader's batcher makes batches, and it
+                        // never nests them; refuse rather than recurse.
+                        Command::Batch(_) => Reply::Failed(ApiError::invalid(
+                            "command",
+                            "a batch may not hold another batch",
+                        )),
+                        command => self.apply(command, journal),
+                    })
+                    .collect(),
+            )),
         };
         outcome.unwrap_or_else(Reply::Failed)
     }
