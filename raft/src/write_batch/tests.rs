@@ -155,16 +155,26 @@ async fn an_entry_holds_at_most_max_batch_writes() {
     }
 }
 
-#[tokio::test]
-async fn a_batch_that_fails_fails_every_write_in_it() {
-    let (batcher, mut proposed, gate) = batcher(Answer::NotLeader);
+/// The answers to three writes queued behind a held lone write, committed
+/// together as one batch that `answer` answers.
+async fn three_batched_answers(answer: Answer) -> Vec<Result<Committed, ForwardError>> {
+    let (batcher, mut proposed, gate) = batcher(answer);
     let _alone = fill_slots(&batcher, &mut proposed).await;
     let queued: Vec<_> = (0..3)
         .map(|n| batcher.submit(del(&format!("q{n}"))))
         .collect();
     gate.add_permits(1 + IN_FLIGHT);
+    let mut answers = Vec::new();
     for wait in queued {
-        match wait.await.expect("answered") {
+        answers.push(wait.await.expect("answered"));
+    }
+    answers
+}
+
+#[tokio::test]
+async fn a_batch_that_fails_fails_every_write_in_it() {
+    for answer in three_batched_answers(Answer::NotLeader).await {
+        match answer {
             Err(ForwardError::NotLeader { leader: Some(2) }) => {}
             other => panic!("expected the leader's refusal, got {other:?}"),
         }
@@ -173,14 +183,8 @@ async fn a_batch_that_fails_fails_every_write_in_it() {
 
 #[tokio::test]
 async fn a_batch_answered_out_of_shape_is_an_error_not_a_success() {
-    let (batcher, mut proposed, gate) = batcher(Answer::Malformed);
-    let _alone = fill_slots(&batcher, &mut proposed).await;
-    let queued: Vec<_> = (0..3)
-        .map(|n| batcher.submit(del(&format!("q{n}"))))
-        .collect();
-    gate.add_permits(1 + IN_FLIGHT);
-    for wait in queued {
-        match wait.await.expect("answered") {
+    for answer in three_batched_answers(Answer::Malformed).await {
+        match answer {
             Err(ForwardError::Api(e)) => assert!(e.to_string().contains("holding 3 writes"), "{e}"),
             other => panic!("expected an internal error, got {other:?}"),
         }
