@@ -81,7 +81,7 @@ async fn log_entries_and_vote_survive_reopen() {
     {
         let (mut log, _sm) = open(dir.path());
         log.save_vote(&openraft::Vote::new(3, 1)).await.unwrap();
-        // Returns only once the flusher thread has acknowledged the entries.
+        // Returns only once the entries are acknowledged as flushed.
         log.blocking_append(entries(workload(4), 1)).await.unwrap();
     }
     let (mut log, _sm) = open(dir.path());

@@ -6,11 +6,12 @@
 //!
 //! Durability, as openraft needs it:
 //! - appended entries are acknowledged only after an fdatasync of the log
-//!   covers them (a flusher thread syncs them in groups, in order);
+//!   covers them (synced in `append` itself, in order);
 //! - the vote is fsynced before `save_vote` returns;
 //! - applied state and last-applied are one atomic sled batch, so an entry is
-//!   never applied twice; the state is not flushed with each apply: what a
-//!   crash takes from it is re-applied from the log;
+//!   never applied twice; the batch is written behind the apply (see
+//!   [`state_writer`]) and not flushed with it: what a crash takes from the
+//!   state is re-applied from the log;
 //! - a snapshot is written to a file and fsynced before it is reported, and
 //!   the state is flushed before the log can be purged behind it.
 //!
@@ -23,13 +24,13 @@
 #![allow(clippy::result_large_err)]
 
 pub mod backup;
-mod flusher;
 mod legacy_log;
 mod log_file;
 mod log_store;
 mod snapshot_file;
 pub mod snapshot_stats;
 mod state_machine;
+mod state_writer;
 mod witness;
 
 use std::fs;
@@ -112,6 +113,12 @@ pub enum OpenError {
     Witness {
         #[source]
         source: witness::WitnessError,
+    },
+    #[error("cannot start the {what} thread: {source}")]
+    Thread {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
     },
     #[error("the snapshot in {} is damaged: {source}. Move it away; the node rebuilds it from its state, or rejoin it as a learner", path.display())]
     Snapshot {
@@ -208,16 +215,13 @@ pub fn open(
         });
     }
     let purged = log_file.last_purged();
-    let log =
-        LogStore::open(log_file, db.clone(), std::sync::Arc::new(witness)).map_err(|source| {
-            OpenError::Log {
-                source: log_file::LogError::Io {
-                    path: log_path.clone(),
-                    source,
-                },
-            }
-        })?;
-    let state_machine = StateMachineStore::open(db, &db_path, snapshot_dir)?;
+    let state_machine = StateMachineStore::open(db.clone(), &db_path, snapshot_dir)?;
+    let log = LogStore::open(
+        log_file,
+        db,
+        state_machine.writer(),
+        std::sync::Arc::new(witness),
+    );
     let applied = state_machine.shared().read().last_applied;
     if let Some(purged) = purged.filter(|p| applied.is_none_or(|a| a.index < p.index)) {
         return Err(OpenError::StateBehindLog {

@@ -1,9 +1,11 @@
 //! The state machine in sled (tree `state`), mirrored in memory for fast
 //! decisions and reads.
 //!
-//! Applying a batch of entries mutates the in-memory [`State`] and writes the
-//! records it changed, together with the last-applied log id, as one atomic
-//! sled batch. On start the in-memory state is rebuilt from the tree alone.
+//! Applying a batch of entries mutates the in-memory [`State`] and hands the
+//! records it changed, together with the last-applied log id, to the
+//! [`StateWriter`], which writes them to the tree as one atomic sled batch
+//! after the apply has answered. On start the in-memory state is rebuilt
+//! from the tree alone.
 //! Installing a snapshot rewrites the tree under an "installing" marker; a
 //! crash in the middle is finished from the snapshot file at the next start.
 
@@ -17,6 +19,7 @@ use serde::de::DeserializeOwned;
 
 use super::snapshot_file::{self, SnapshotFileError};
 use super::snapshot_stats::SnapshotStats;
+use super::state_writer::{StateWriter, MAX_MERGED};
 use super::OpenError;
 use crate::command::Reply;
 use crate::records::{self, Change, Record, RecordError};
@@ -75,6 +78,8 @@ enum RestoreError {
 struct Inner {
     db: sled::Db,
     tree: sled::Tree,
+    /// Writes each apply's changes to `tree`, behind the applies.
+    writer: Arc<StateWriter>,
     dir: PathBuf,
     machine: SharedMachine,
     /// Meta of the snapshot in `current.snap`. Held while that file is replaced
@@ -271,10 +276,16 @@ impl StateMachineStore {
             last_applied = ?machine.last_applied,
             "state machine loaded"
         );
+        let writer =
+            StateWriter::start(tree.clone(), MAX_MERGED).map_err(|source| OpenError::Thread {
+                what: "state writer",
+                source,
+            })?;
         Ok(StateMachineStore {
             inner: Arc::new(Inner {
                 db,
                 tree,
+                writer: Arc::new(writer),
                 dir,
                 machine: SharedMachine(Arc::new(RwLock::new(machine))),
                 current: Mutex::new(current),
@@ -286,6 +297,11 @@ impl StateMachineStore {
     /// How long the last snapshot build and install took.
     pub fn snapshot_stats(&self) -> SnapshotStats {
         self.inner.stats.clone()
+    }
+
+    /// The writer of the state tree, for the log store's clean shutdown.
+    pub(super) fn writer(&self) -> Arc<StateWriter> {
+        self.inner.writer.clone()
     }
 
     /// The in-memory state machine, for the daemon's reads.
@@ -364,21 +380,21 @@ impl StateMachineStore {
             machine.last_applied = Some(entry.log_id);
         }
 
-        let mut batch = sled::Batch::default();
-        for change in journal {
-            match change {
-                Change::Put(key, value) => batch.insert(key, value),
-                Change::Delete(key) => batch.remove(key),
-            }
-        }
-        batch.insert(APPLIED_KEY, records::encode_value(&machine.last_applied));
+        journal.push(Change::Put(
+            APPLIED_KEY.to_vec(),
+            records::encode_value(&machine.last_applied),
+        ));
         if membership_changed {
-            batch.insert(MEMBERSHIP_KEY, records::encode_value(&machine.membership));
+            journal.push(Change::Put(
+                MEMBERSHIP_KEY.to_vec(),
+                records::encode_value(&machine.membership),
+            ));
         }
-        // State and last-applied land together or not at all.
+        // State and last-applied land together or not at all (one sled
+        // batch), after this apply has answered.
         self.inner
-            .tree
-            .apply_batch(batch)
+            .writer
+            .submit(journal)
             .map_err(|e| StorageIOError::apply(last, &e))?;
         Ok(replies)
     }
@@ -407,6 +423,7 @@ impl StateMachineStore {
         };
         // The state must be on disk at least up to the snapshot before the log
         // behind it can be purged.
+        self.inner.writer.drain().map_err(|e| write_err(&e))?;
         self.inner.db.flush().map_err(|e| write_err(&e))?;
         let tmp = self.inner.dir.join(format!("building-{id}.tmp"));
         snapshot_file::write_synced(&tmp, &bytes).map_err(|e| write_err(&e))?;
@@ -488,6 +505,9 @@ impl StateMachineStore {
             let _ = fs::remove_file(&tmp);
             return Ok(());
         }
+        // Writes still queued are older than the snapshot: landing after it
+        // they would undo part of it.
+        self.inner.writer.drain().map_err(|e| err(&e))?;
         let mut current = self.current();
         snapshot_file::publish(&tmp, &self.current_path()).map_err(|e| err(&e))?;
         *current = Some(file_meta);
@@ -590,3 +610,6 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.open_current()
     }
 }
+
+#[cfg(test)]
+mod tests;

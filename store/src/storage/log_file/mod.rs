@@ -2,10 +2,10 @@
 //!
 //! Entries go to segment files (`<first index>.log`, see [`record`]) with
 //! one `write` per append; durability comes from one `fdatasync` of the
-//! active segment covering every append made before it (the flusher
-//! thread calls [`LogFile::sync_data`]), so appends arriving while a sync
-//! runs share the next one. A segment is fsynced whole before the next one
-//! is started, so syncing the active one covers everything earlier.
+//! active segment covering every append made before it (the log store
+//! calls [`LogFile::sync_data`] after each append). A segment is fsynced
+//! whole before the next one is started, so syncing the active one covers
+//! everything earlier.
 //!
 //! The log used to live in sled beside the state; sled's flush walks its
 //! own IO thread pool for every group of appends, which took most of a
@@ -129,7 +129,7 @@ impl Segments {
     }
 }
 
-/// The log's files. Shared by the store, its readers and the flusher.
+/// The log's files. Shared by the store and its readers.
 pub struct LogFile {
     dir: PathBuf,
     segment_bytes: u64,
