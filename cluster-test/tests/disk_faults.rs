@@ -159,16 +159,33 @@ fn log_segments(data: &Path) -> Vec<std::path::PathBuf> {
 /// a bound, nothing served. Returns its stderr.
 fn refused_start(data: &Path) -> String {
     let socket = data.with_extension("sock");
-    let out = std::process::Command::new(ipkeep_cluster_test::bins::bin("ipkeepd"))
+    let mut child = std::process::Command::new(ipkeep_cluster_test::bins::bin("ipkeepd"))
         .arg("--data-dir")
         .arg(data)
         .arg("--socket")
         .arg(&socket)
         .args(["--default-subnet", "pods=10.74.0.0/22"])
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("exec ipkeepd");
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "served from damaged data: {stderr}");
+    // A daemon that accepted the damage would serve until stopped.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for ipkeepd") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("ipkeepd is still running on damaged data after 60 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("read stderr");
+    assert!(!status.success(), "served from damaged data: {stderr}");
     assert!(!socket.exists(), "a socket was left behind");
     stderr
 }
@@ -185,10 +202,20 @@ fn copy_dir(from: &Path, to: &Path) {
 
 type Damage = Box<dyn Fn(&Path)>;
 
+/// Where the last byte other than zero ends: a log segment is sized ahead
+/// with zeros after its records, so damage must land in what was written.
+fn written_len(path: &Path) -> u64 {
+    let bytes = std::fs::read(path).unwrap();
+    bytes
+        .iter()
+        .rposition(|&b| b != 0)
+        .map_or(0, |i| i as u64 + 1)
+}
+
 fn truncate_to_half(path: std::path::PathBuf) -> Damage {
     Box::new(move |data: &Path| {
         let path = data.join(&path);
-        let len = std::fs::metadata(&path).unwrap().len();
+        let len = written_len(&path);
         let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         f.set_len(len / 2).unwrap();
     })
@@ -198,7 +225,7 @@ fn overwrite_middle(path: std::path::PathBuf) -> Damage {
     Box::new(move |data: &Path| {
         use std::os::unix::fs::FileExt;
         let path = data.join(&path);
-        let len = std::fs::metadata(&path).unwrap().len();
+        let len = written_len(&path);
         let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         f.write_all_at(&[0xa5; 256], len / 2).unwrap();
     })

@@ -6,12 +6,21 @@
 //! payload (u32 LE), payload. The payload is the encoded entry; the index of
 //! a record is implied by its position, and checked against the entry's own
 //! log id when the segment is read.
+//!
+//! Format 2 files are sized ahead with zeros after the records (see the log's
+//! `presize`): the records end where only zeros remain. A payload is never
+//! empty, so a zero length is never a record. Format 1 (files exactly as long
+//! as their records) is still read; a binary that reads only format 1 refuses
+//! format 2 by its version byte rather than misreading the zeros.
 
 use std::io;
 
 pub const HEADER_LEN: u64 = 16;
 const MAGIC: &[u8; 6] = b"IPKLOG";
-const FORMAT: u8 = 1;
+/// Written in new segments.
+const FORMAT: u8 = 2;
+/// Read: format 1 segments, from before the zeros, have the same records.
+const OLDEST_FORMAT: u8 = 1;
 pub const FRAME_LEN: u64 = 8;
 /// Largest payload a record may claim: anything longer is damage, not an
 /// entry (the log's decoder refuses entries over 16 MiB as well).
@@ -36,9 +45,9 @@ pub fn read_header(bytes: &[u8]) -> Result<u64, String> {
     if &bytes[..6] != MAGIC {
         return Err("not an ipkeep log segment (bad magic)".into());
     }
-    if bytes[6] != FORMAT {
+    if !(OLDEST_FORMAT..=FORMAT).contains(&bytes[6]) {
         return Err(format!(
-            "segment format {}, this binary reads {FORMAT}",
+            "segment format {}, this binary reads {OLDEST_FORMAT} to {FORMAT}",
             bytes[6]
         ));
     }
@@ -51,7 +60,7 @@ pub fn read_header(bytes: &[u8]) -> Result<u64, String> {
 pub fn frame(out: &mut Vec<u8>, payload: &[u8]) -> io::Result<()> {
     let len = u32::try_from(payload.len())
         .ok()
-        .filter(|&l| l <= MAX_PAYLOAD)
+        .filter(|&l| l > 0 && l <= MAX_PAYLOAD)
         .ok_or_else(|| io::Error::other(format!("log entry of {} bytes", payload.len())))?;
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
@@ -78,13 +87,14 @@ pub struct Scan {
 }
 
 /// Reads the records of a segment (whole, with its header) up to the first
-/// one that is incomplete or fails its checksum.
+/// one that is incomplete or fails its checksum, or up to the zeros after
+/// the last one.
 pub fn scan(bytes: &[u8]) -> Scan {
     let mut records = Vec::new();
     let mut at = HEADER_LEN as usize;
     let bad_tail = loop {
         let rest = &bytes[at..];
-        if rest.is_empty() {
+        if rest.iter().all(|&b| b == 0) {
             break None;
         }
         if rest.len() < FRAME_LEN as usize {
@@ -92,6 +102,11 @@ pub fn scan(bytes: &[u8]) -> Scan {
         }
         let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes"));
         let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
+        if len == 0 {
+            break Some(format!(
+                "bytes other than zeros after the end of the records at offset {at}"
+            ));
+        }
         if len > MAX_PAYLOAD || rest.len() - (FRAME_LEN as usize) < len as usize {
             break Some(format!("record at offset {at} is cut short"));
         }
@@ -135,7 +150,7 @@ mod tests {
 
     #[test]
     fn records_round_trip_and_a_torn_or_damaged_tail_ends_the_scan() {
-        let bytes = segment(&[b"one", b"", b"three"]);
+        let bytes = segment(&[b"one", b"two", b"three"]);
         assert_eq!(read_header(&bytes).unwrap(), 7);
         let scan = scan(&bytes);
         assert!(scan.bad_tail.is_none());
@@ -144,7 +159,7 @@ mod tests {
             .iter()
             .map(|f| &bytes[f.offset as usize..(f.offset + f.len as u64) as usize])
             .collect();
-        assert_eq!(payloads, vec![&b"one"[..], b"", b"three"]);
+        assert_eq!(payloads, vec![&b"one"[..], b"two", b"three"]);
         assert_eq!(scan.valid_len, bytes.len() as u64);
 
         // Torn inside the last record: the first two remain.
@@ -164,6 +179,34 @@ mod tests {
         let mut other = bytes.clone();
         other[6] = 9;
         assert!(read_header(&other).unwrap_err().contains("format 9"));
+        other[6] = 1;
+        assert_eq!(read_header(&other).unwrap(), 7, "format 1 is still read");
+        assert!(frame(&mut Vec::new(), b"").is_err(), "an empty payload");
+    }
+
+    #[test]
+    fn the_records_end_where_only_zeros_remain() {
+        let bytes = segment(&[b"one", b"two"]);
+        let mut sized = bytes.clone();
+        sized.resize(bytes.len() + 1000, 0);
+        let s = scan(&sized);
+        assert_eq!(s.records.len(), 2);
+        assert_eq!(s.valid_len, bytes.len() as u64);
+        assert!(s.bad_tail.is_none(), "{:?}", s.bad_tail);
+
+        // A torn write into the zeros: its length landed, its payload not.
+        let mut torn = sized.clone();
+        torn[bytes.len()] = 5;
+        let s = scan(&torn);
+        assert_eq!((s.records.len(), s.valid_len), (2, bytes.len() as u64));
+        assert!(s.bad_tail.unwrap().contains("checksum"));
+
+        // Its payload landed, its length not: still not a record.
+        let mut torn = sized.clone();
+        torn[bytes.len() + FRAME_LEN as usize] = b'x';
+        let s = scan(&torn);
+        assert_eq!((s.records.len(), s.valid_len), (2, bytes.len() as u64));
+        assert!(s.bad_tail.unwrap().contains("other than zeros"));
         assert!(read_header(b"garbage garbage!")
             .unwrap_err()
             .contains("magic"));

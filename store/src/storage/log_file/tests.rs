@@ -124,7 +124,7 @@ fn a_torn_last_write_is_cut_off_but_damage_before_it_is_refused() {
     drop(log);
     let segments = list_segments(dir.path()).unwrap();
     let (_, last) = segments.last().unwrap();
-    let len = fs::metadata(last).unwrap().len();
+    let len = record::scan(&fs::read(last).unwrap()).valid_len;
     OpenOptions::new()
         .write(true)
         .open(last)
@@ -188,4 +188,50 @@ fn a_log_never_purged_may_begin_past_zero() {
     let log = open(dir.path());
     assert_eq!(indexes(&log, 0, 10), vec![(1, 5), (1, 6)]);
     assert_eq!(segment_count(dir.path()), 1);
+}
+
+#[test]
+fn segments_are_sized_ahead_and_a_reopen_keeps_their_zeros_and_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = LogFile::open_with(dir.path(), 4096).unwrap();
+    for i in 0..10 {
+        log.append([entry(1, i)]).unwrap();
+    }
+    log.sync_data().unwrap();
+    drop(log);
+    let (_, path) = list_segments(dir.path()).unwrap().pop().unwrap();
+    assert_eq!(fs::metadata(&path).unwrap().len(), 4096, "sized ahead");
+    let log = LogFile::open_with(dir.path(), 4096).unwrap();
+    assert_eq!(indexes(&log, 0, 20).len(), 10);
+    assert_eq!(fs::metadata(&path).unwrap().len(), 4096, "nothing was cut");
+
+    // A truncation leaves zeros behind the cut, so a reopen ends there too.
+    log.truncate(6).unwrap();
+    log.append([entry(2, 6)]).unwrap();
+    drop(log);
+    let log = LogFile::open_with(dir.path(), 4096).unwrap();
+    assert_eq!(log.last_log_id(), Some(log_id(2, 1, 6)));
+    assert_eq!(indexes(&log, 0, 20).len(), 7);
+}
+
+#[test]
+fn a_segment_of_the_first_format_without_zeros_is_read_and_appended_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = LogFile::open_with(dir.path(), 4096).unwrap();
+    for i in 0..5 {
+        log.append([entry(1, i)]).unwrap();
+    }
+    drop(log);
+    // As an earlier binary wrote it: format 1, exactly as long as its records.
+    let (_, path) = list_segments(dir.path()).unwrap().pop().unwrap();
+    let mut bytes = fs::read(&path).unwrap();
+    bytes.truncate(record::scan(&bytes).valid_len as usize);
+    bytes[6] = 1;
+    fs::write(&path, &bytes).unwrap();
+    let log = LogFile::open_with(dir.path(), 4096).unwrap();
+    assert_eq!(indexes(&log, 0, 10).len(), 5);
+    log.append([entry(1, 5)]).unwrap();
+    drop(log);
+    let log = LogFile::open_with(dir.path(), 4096).unwrap();
+    assert_eq!(log.last_log_id(), Some(log_id(1, 1, 5)));
 }
