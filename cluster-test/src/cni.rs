@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 
 use serde_json::{json, Value};
 
-use crate::bins::{bin, bin_dir, REFERENCE_PLUGINS};
+use crate::bins::{bin_dir, plugin, plugin_dir, REFERENCE_PLUGINS};
 
 /// An ipam section that points the plugin at a test daemon.
 pub fn ipam(subnet: Value, socket: &Path, log_file: &Path) -> Value {
@@ -106,7 +106,7 @@ pub struct CniCall {
 impl CniCall {
     /// The ipkeep plugin.
     pub fn ipkeep(command: &str) -> CniCall {
-        CniCall::new(bin("ipkeep"), command)
+        CniCall::new(plugin(), command)
     }
 
     /// A reference plugin (bridge, macvlan, ptp, host-local, ...).
@@ -115,7 +115,15 @@ impl CniCall {
     }
 
     fn new(plugin: PathBuf, command: &str) -> CniCall {
-        let cni_path = format!("{}:{}", bin_dir().display(), REFERENCE_PLUGINS);
+        // A reference plugin finds its `ipam` by name on CNI_PATH: the
+        // plugin under test first.
+        let ipkeep_dir = plugin_dir();
+        let cni_path = format!(
+            "{}:{}:{}",
+            ipkeep_dir.display(),
+            bin_dir().display(),
+            REFERENCE_PLUGINS
+        );
         CniCall {
             plugin,
             env: vec![

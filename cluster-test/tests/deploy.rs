@@ -74,6 +74,42 @@ fn install_script_puts_everything_in_place_and_keeps_local_settings() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("nope.conflist"));
 }
 
+/// `--plugin FILE` (the static build of `cargo build-plugin`) is what lands
+/// in the CNI bin directory, whatever --bin-dir holds; a missing one is named.
+#[test]
+fn install_script_takes_the_plugin_from_plugin_when_given() {
+    let root = tempfile::tempdir().unwrap();
+    let chosen = root.path().join("chosen-ipkeep");
+    fs::write(&chosen, "#!/bin/sh\n# the chosen plugin\n").unwrap();
+    fs::set_permissions(&chosen, fs::Permissions::from_mode(0o755)).unwrap();
+    let install = |plugin: &Path| {
+        Command::new("sh")
+            .arg(deploy().join("install.sh"))
+            .arg("--root")
+            .arg(root.path().join("node"))
+            .arg("--bin-dir")
+            .arg(bin_dir())
+            .arg("--plugin")
+            .arg(plugin)
+            .arg("--no-systemd")
+            .output()
+            .unwrap()
+    };
+    let out = install(&chosen);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        fs::read(root.path().join("node/opt/cni/bin/ipkeep")).unwrap(),
+        fs::read(&chosen).unwrap()
+    );
+    let out = install(&root.path().join("absent"));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("absent is missing"));
+}
+
 /// Each plugin configuration of each example conflist that involves ipkeep
 /// (as main plugin or as ipam) passes the plugin's checks: with no daemon
 /// listening, ADD gets as far as asking it (error 11), not "invalid

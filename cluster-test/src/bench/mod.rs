@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use serde::Serialize;
 
 use crate::cluster::{Cluster, ClusterOptions};
@@ -46,10 +47,18 @@ pub struct BenchOptions {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// The ipkeep plugin exec'd, and whether it is linked statically.
+    pub plugin_binary: PluginBinary,
     pub plugin: Vec<plugin::Row>,
     pub node_api: Vec<api::ApiRow>,
     pub failover: Option<failover::Failover>,
     pub scale: Vec<scale::ScaleRow>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginBinary {
+    pub path: PathBuf,
+    pub statically_linked: bool,
 }
 
 /// What a batch of timed calls gave: each call's latency (sorted), the
@@ -117,8 +126,16 @@ pub(crate) fn percentile(sorted: &[Duration], p: f64) -> f64 {
 
 /// The whole report as text.
 pub fn render(report: &Report) -> String {
-    let mut out =
-        String::from("== ADD/DEL through the exec'd plugin (ratios: ipkeep / host-local)\n");
+    let binary = &report.plugin_binary;
+    let mut out = format!(
+        "== ADD/DEL through the exec'd plugin (ratios: ipkeep / host-local)\nipkeep plugin: {} ({})\n",
+        binary.path.display(),
+        if binary.statically_linked {
+            "statically linked"
+        } else {
+            "dynamically linked: cargo build-plugin builds the static one"
+        }
+    );
     out.push_str(&plugin::table(&report.plugin));
     if !report.node_api.is_empty() {
         out.push_str("\n== committed allocations through the node API, 3 voters, clients on the leader's node\n");
@@ -148,7 +165,14 @@ pub fn render(report: &Report) -> String {
 pub fn run(options: &BenchOptions) -> anyhow::Result<Report> {
     std::fs::create_dir_all(&options.out)?;
     crate::raise_fd_limit();
+    let path = crate::bins::plugin();
+    let statically_linked = !crate::bins::is_dynamically_linked(&path)
+        .with_context(|| format!("reading {}", path.display()))?;
     let mut report = Report {
+        plugin_binary: PluginBinary {
+            path,
+            statically_linked,
+        },
         plugin: Vec::new(),
         node_api: Vec::new(),
         failover: None,

@@ -35,6 +35,10 @@ struct Args {
     /// most 1,000,000 (a /12). Slow: filling to a million takes minutes.
     #[arg(long, value_delimiter = ',')]
     scale: Vec<usize>,
+    /// The ipkeep plugin to exec [default: the static build of `cargo
+    /// build-plugin` if there is one, else target/release/ipkeep].
+    #[arg(long)]
+    plugin: Option<PathBuf>,
     /// Directory for bench.txt, bench.json and the daemons' data [default: a new one under /tmp].
     #[arg(long)]
     out: Option<PathBuf>,
@@ -49,6 +53,26 @@ fn main() -> ExitCode {
     if !args.scale.is_sorted() || args.scale.iter().any(|&n| n == 0 || n > 1_000_000) {
         eprintln!("error: --scale: levels must be ascending, each from 1 to 1000000 (a /12)");
         return ExitCode::from(2);
+    }
+    let host_local =
+        std::path::Path::new(ipkeep_cluster_test::bins::REFERENCE_PLUGINS).join("host-local");
+    if !host_local.exists() {
+        eprintln!(
+            "error: {} is missing: the baseline comes from Debian's containernetworking-plugins (apt-get install containernetworking-plugins)",
+            host_local.display()
+        );
+        return ExitCode::from(2);
+    }
+    if let Some(plugin) = args
+        .plugin
+        .or_else(ipkeep_cluster_test::bins::static_plugin)
+    {
+        if !plugin.exists() {
+            eprintln!("error: --plugin: {} does not exist", plugin.display());
+            return ExitCode::from(2);
+        }
+        // Read by every CniCall; set before any thread starts.
+        std::env::set_var("IPKEEP_PLUGIN", plugin);
     }
     let out = args.out.unwrap_or_else(|| {
         std::env::temp_dir().join(format!("ipkeep-bench-{}", std::process::id()))
