@@ -1,262 +1,353 @@
-//! Live allocations as the state holds them in memory: compact, with the
-//! strings that repeat across attachments (network, interface, subnet, node
-//! and namespace names) shared rather than copied.
+//! Live allocations as the state holds them in memory: each one packed into
+//! a single shared heap block.
 //!
 //! A replica keeps every live allocation in memory, so what one costs bounds
-//! how many a node can hold. As [`Allocation`] (the record's shape, owned
-//! strings throughout) plus an address index holding a second copy of the
-//! key, one cost about 1.2 KB; this form a third of that
-//! (`cargo bench -p ipkeep-store --bench memory`). Records, replies and
-//! listings still deal in [`Allocation`]: it is rebuilt on the way out.
+//! how many a node can hold. As [`Allocation`] (owned strings throughout)
+//! plus an address index holding a second copy of the key, one cost about
+//! 1.2 KB. Split into an interned key and a body of boxed fields, 388 bytes:
+//! still seven heap blocks of a few bytes each, every one with the
+//! allocator's rounding and header, and a 72-byte body in every node of the
+//! map. Packed, it is one block, and the map and the address index hold a
+//! pointer to it (`cargo bench -p ipkeep-store --bench memory`). Records,
+//! replies and listings still deal in [`Allocation`]: it is rebuilt on the
+//! way out.
+//!
+//! Layout of the block, every string as a LEB128 length then its UTF-8:
+//! network, container id, interface (the key, first, so that comparing two
+//! keys reads nothing else); `since_ms` (8 bytes, little-endian); the MAC
+//! (a presence byte, then 6 bytes if present); node; netns; a byte of flags
+//! for which of the pod's namespace, name and uid follow, then those; the
+//! number of addresses, then each as its subnet, then 4 or 16 octets after
+//! a family byte.
 
-use std::collections::HashSet;
-use std::net::IpAddr;
+use std::cmp::Ordering;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use ipkeep_api::model::{AllocatedAddress, Allocation, AttachmentKey, PodRef};
 use ipkeep_api::Mac;
 
-/// One shared copy of each low-cardinality string. Interning changes no
-/// decision (strings compare by content), only how many copies exist; a
-/// string goes when the last allocation using it does.
-#[derive(Debug, Clone, Default)]
-pub struct Interner {
-    strings: HashSet<Arc<str>>,
+const POD_NAMESPACE: u8 = 1;
+const POD_NAME: u8 = 2;
+const POD_UID: u8 = 4;
+const FAMILY_V4: u8 = 4;
+const FAMILY_V6: u8 = 6;
+
+/// One live allocation. Clones share the block. Compares and orders by its
+/// attachment key alone, exactly as [`AttachmentKey`] does (network, then
+/// container id, then interface), so a map of them ranges by network.
+#[derive(Clone)]
+pub struct Held(Arc<[u8]>);
+
+/// A live allocation, read in place.
+pub type HeldRef<'a> = &'a Held;
+
+fn put_len(out: &mut Vec<u8>, mut n: usize) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
 }
 
-impl Interner {
-    pub fn intern(&mut self, s: &str) -> Arc<str> {
-        if let Some(shared) = self.strings.get(s) {
-            return shared.clone();
-        }
-        let shared: Arc<str> = Arc::from(s);
-        self.strings.insert(shared.clone());
-        shared
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_len(out, s.len());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn put_key(out: &mut Vec<u8>, key: &AttachmentKey) {
+    put_str(out, &key.network);
+    put_str(out, &key.container_id);
+    put_str(out, &key.ifname);
+}
+
+/// Reads a block front to back. Every block is written by [`Held::pack`]
+/// from well-formed fields, so a short or malformed one is a bug in this
+/// module, never input: the reads panic rather than invent a value.
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+const PACKED: &str = "a held allocation's block is written by Held::pack";
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> &'a [u8] {
+        let (head, rest) = self.bytes.split_at(n);
+        self.bytes = rest;
+        head
     }
 
-    /// Drops the interner's copies of those of `shared` that nothing else
-    /// uses any more (`shared` holds one reference to each).
-    fn forget_unused(&mut self, mut shared: Vec<Arc<str>>) {
-        shared.sort_by_key(|s| Arc::as_ptr(s).cast::<u8>());
-        shared.dedup_by(|a, b| Arc::ptr_eq(a, b));
-        for s in shared {
-            if Arc::strong_count(&s) == 2 {
-                self.strings.remove(&s);
+    fn byte(&mut self) -> u8 {
+        self.take(1)[0]
+    }
+
+    fn length(&mut self) -> usize {
+        let mut n = 0usize;
+        let mut shift = 0;
+        loop {
+            let b = self.byte();
+            n |= usize::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return n;
+            }
+            shift += 7;
+        }
+    }
+
+    fn str(&mut self) -> &'a str {
+        let n = self.length();
+        std::str::from_utf8(self.take(n)).expect(PACKED)
+    }
+
+    fn array<const N: usize>(&mut self) -> [u8; N] {
+        self.take(N).try_into().expect(PACKED)
+    }
+
+    fn address(&mut self) -> (&'a str, IpAddr) {
+        let subnet = self.str();
+        let address = match self.byte() {
+            FAMILY_V4 => IpAddr::V4(Ipv4Addr::from(self.array::<4>())),
+            _ => IpAddr::V6(Ipv6Addr::from(self.array::<16>())),
+        };
+        (subnet, address)
+    }
+}
+
+/// Every field of a block, borrowed from it.
+struct Fields<'a> {
+    network: &'a str,
+    container_id: &'a str,
+    ifname: &'a str,
+    since_ms: u64,
+    mac: Option<Mac>,
+    node: &'a str,
+    netns: &'a str,
+    namespace: Option<&'a str>,
+    name: Option<&'a str>,
+    uid: Option<&'a str>,
+    /// The address count, then the addresses, still packed.
+    addresses: Reader<'a>,
+}
+
+impl Held {
+    /// Packs an allocation.
+    pub fn pack(allocation: &Allocation) -> Held {
+        let mut out = Vec::with_capacity(96);
+        put_key(&mut out, &allocation.key);
+        out.extend_from_slice(&allocation.since_ms.to_le_bytes());
+        match allocation.mac {
+            Some(mac) => {
+                out.push(1);
+                out.extend_from_slice(&mac.0);
+            }
+            None => out.push(0),
+        }
+        put_str(&mut out, &allocation.node);
+        put_str(&mut out, &allocation.netns);
+        let pod = &allocation.pod;
+        let present = [
+            (POD_NAMESPACE, &pod.namespace),
+            (POD_NAME, &pod.name),
+            (POD_UID, &pod.uid),
+        ];
+        out.push(
+            present
+                .iter()
+                .filter(|(_, v)| v.is_some())
+                .fold(0, |flags, (flag, _)| flags | flag),
+        );
+        for value in present.iter().filter_map(|(_, v)| v.as_deref()) {
+            put_str(&mut out, value);
+        }
+        put_len(&mut out, allocation.addresses.len());
+        for a in &allocation.addresses {
+            put_str(&mut out, &a.subnet);
+            match a.address {
+                IpAddr::V4(v4) => {
+                    out.push(FAMILY_V4);
+                    out.extend_from_slice(&v4.octets());
+                }
+                IpAddr::V6(v6) => {
+                    out.push(FAMILY_V6);
+                    out.extend_from_slice(&v6.octets());
+                }
             }
         }
+        Held(Arc::from(out))
     }
 
-    pub fn len(&self) -> usize {
-        self.strings.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.strings.is_empty()
-    }
-}
-
-/// An attachment key; orders exactly as [`AttachmentKey`] does (network,
-/// then container id, then interface), so ranges by network still work.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct HeldKey {
-    network: Arc<str>,
-    container_id: Box<str>,
-    ifname: Arc<str>,
-}
-
-impl HeldKey {
-    /// A key to look up with; its strings are not interned.
-    pub fn probe(key: &AttachmentKey) -> HeldKey {
-        HeldKey {
-            network: Arc::from(key.network.as_str()),
-            container_id: key.container_id.as_str().into(),
-            ifname: Arc::from(key.ifname.as_str()),
-        }
+    /// A block to look a key up with: the key and nothing else, which is
+    /// all that comparing reads.
+    pub fn probe(key: &AttachmentKey) -> Held {
+        let mut out =
+            Vec::with_capacity(key.network.len() + key.container_id.len() + key.ifname.len() + 6);
+        put_key(&mut out, key);
+        Held(Arc::from(out))
     }
 
     /// The lowest key of a network.
-    pub fn first_of(network: &str) -> HeldKey {
-        HeldKey {
-            network: Arc::from(network),
-            container_id: "".into(),
-            ifname: Arc::from(""),
-        }
+    pub fn first_of(network: &str) -> Held {
+        Held::probe(&AttachmentKey {
+            network: network.to_owned(),
+            container_id: String::new(),
+            ifname: String::new(),
+        })
     }
 
-    fn interned(key: &AttachmentKey, strings: &mut Interner) -> HeldKey {
-        HeldKey {
-            network: strings.intern(&key.network),
-            container_id: key.container_id.as_str().into(),
-            ifname: strings.intern(&key.ifname),
+    fn reader(&self) -> Reader<'_> {
+        Reader { bytes: &self.0 }
+    }
+
+    fn key_parts(&self) -> (&str, &str, &str) {
+        let mut r = self.reader();
+        (r.str(), r.str(), r.str())
+    }
+
+    fn fields(&self) -> Fields<'_> {
+        let mut r = self.reader();
+        let (network, container_id, ifname) = (r.str(), r.str(), r.str());
+        let since_ms = u64::from_le_bytes(r.array::<8>());
+        let mac = (r.byte() == 1).then(|| Mac(r.array::<6>()));
+        let (node, netns) = (r.str(), r.str());
+        let flags = r.byte();
+        let mut optional = |flag: u8| (flags & flag != 0).then(|| r.str());
+        let (namespace, name, uid) = (
+            optional(POD_NAMESPACE),
+            optional(POD_NAME),
+            optional(POD_UID),
+        );
+        Fields {
+            network,
+            container_id,
+            ifname,
+            since_ms,
+            mac,
+            node,
+            netns,
+            namespace,
+            name,
+            uid,
+            addresses: r,
         }
     }
 
     pub fn network(&self) -> &str {
-        &self.network
+        self.key_parts().0
     }
 
     pub fn container_id(&self) -> &str {
-        &self.container_id
+        self.key_parts().1
     }
 
     pub fn ifname(&self) -> &str {
-        &self.ifname
+        self.key_parts().2
     }
 
-    pub fn to_key(&self) -> AttachmentKey {
+    pub fn key(&self) -> AttachmentKey {
+        let (network, container_id, ifname) = self.key_parts();
         AttachmentKey {
-            network: self.network.to_string(),
-            container_id: self.container_id.to_string(),
-            ifname: self.ifname.to_string(),
+            network: network.to_owned(),
+            container_id: container_id.to_owned(),
+            ifname: ifname.to_owned(),
         }
     }
-}
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct HeldAddress {
-    subnet: Arc<str>,
-    address: IpAddr,
-}
-
-/// The pod; absent altogether when CNI_ARGS named none (a bare runtime).
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct HeldPod {
-    namespace: Option<Arc<str>>,
-    name: Option<Box<str>>,
-    uid: Option<Box<str>>,
-}
-
-/// Everything of an allocation but its key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HeldBody {
-    addresses: Box<[HeldAddress]>,
-    pod: Option<Box<HeldPod>>,
-    node: Arc<str>,
-    netns: Box<str>,
-    mac: Option<Mac>,
-    since_ms: u64,
-}
-
-/// Splits an allocation into its compact key and body, sharing strings
-/// through `strings`.
-pub fn compact(allocation: &Allocation, strings: &mut Interner) -> (Arc<HeldKey>, HeldBody) {
-    let key = Arc::new(HeldKey::interned(&allocation.key, strings));
-    let pod = &allocation.pod;
-    let pod = (pod.namespace.is_some() || pod.name.is_some() || pod.uid.is_some()).then(|| {
-        Box::new(HeldPod {
-            namespace: pod.namespace.as_deref().map(|n| strings.intern(n)),
-            name: pod.name.as_deref().map(Box::from),
-            uid: pod.uid.as_deref().map(Box::from),
-        })
-    });
-    let body = HeldBody {
-        addresses: allocation
-            .addresses
-            .iter()
-            .map(|a| HeldAddress {
-                subnet: strings.intern(&a.subnet),
-                address: a.address,
-            })
-            .collect(),
-        pod,
-        node: strings.intern(&allocation.node),
-        netns: allocation.netns.as_str().into(),
-        mac: allocation.mac,
-        since_ms: allocation.since_ms,
-    };
-    (key, body)
-}
-
-/// Drops an allocation that has left the state, and the interner's copies
-/// of the strings only it used.
-pub fn forget(key: Arc<HeldKey>, body: HeldBody, strings: &mut Interner) {
-    let mut shared = vec![body.node.clone()];
-    shared.extend(body.addresses.iter().map(|a| a.subnet.clone()));
-    shared.extend(body.pod.as_ref().and_then(|p| p.namespace.clone()));
-    // The key may still be shared (a caller's copy): then so are its strings.
-    if let Ok(key) = Arc::try_unwrap(key) {
-        shared.push(key.network);
-        shared.push(key.ifname);
-    }
-    drop(body);
-    strings.forget_unused(shared);
-}
-
-/// A live allocation, read in place.
-#[derive(Debug, Clone, Copy)]
-pub struct HeldRef<'a> {
-    pub(crate) key: &'a HeldKey,
-    pub(crate) body: &'a HeldBody,
-}
-
-impl<'a> HeldRef<'a> {
-    pub fn key(&self) -> AttachmentKey {
-        self.key.to_key()
+    pub fn node(&self) -> &str {
+        self.fields().node
     }
 
-    pub fn held_key(&self) -> &'a HeldKey {
-        self.key
-    }
-
-    pub fn node(&self) -> &'a str {
-        &self.body.node
-    }
-
-    pub fn netns(&self) -> &'a str {
-        &self.body.netns
+    pub fn netns(&self) -> &str {
+        self.fields().netns
     }
 
     pub fn since_ms(&self) -> u64 {
-        self.body.since_ms
+        self.fields().since_ms
     }
 
     /// The pod's namespace, if CNI_ARGS named one.
-    pub fn namespace(&self) -> Option<&'a str> {
-        self.body.pod.as_ref()?.namespace.as_deref()
+    pub fn namespace(&self) -> Option<&str> {
+        self.fields().namespace
     }
 
-    pub fn addresses(&self) -> impl Iterator<Item = IpAddr> + 'a {
-        self.body.addresses.iter().map(|a| a.address)
+    /// Each address with the subnet it came from.
+    fn subnet_addresses(&self) -> impl Iterator<Item = (&str, IpAddr)> + '_ {
+        let mut r = self.fields().addresses;
+        let count = r.length();
+        (0..count).map(move |_| r.address())
+    }
+
+    pub fn addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.subnet_addresses().map(|(_, address)| address)
     }
 
     /// The subnet an address of this allocation came from.
-    pub fn subnet_of(&self, address: IpAddr) -> Option<&'a str> {
-        self.body
-            .addresses
-            .iter()
-            .find(|a| a.address == address)
-            .map(|a| &*a.subnet)
+    pub fn subnet_of(&self, address: IpAddr) -> Option<&str> {
+        self.subnet_addresses()
+            .find(|(_, a)| *a == address)
+            .map(|(subnet, _)| subnet)
     }
 
     pub fn pod(&self) -> PodRef {
-        match &self.body.pod {
-            None => PodRef::default(),
-            Some(p) => PodRef {
-                namespace: p.namespace.as_deref().map(str::to_owned),
-                name: p.name.as_deref().map(str::to_owned),
-                uid: p.uid.as_deref().map(str::to_owned),
-            },
+        let f = self.fields();
+        PodRef {
+            namespace: f.namespace.map(str::to_owned),
+            name: f.name.map(str::to_owned),
+            uid: f.uid.map(str::to_owned),
         }
     }
 
     pub fn to_allocation(&self) -> Allocation {
+        let f = self.fields();
         Allocation {
-            key: self.key(),
+            key: AttachmentKey {
+                network: f.network.to_owned(),
+                container_id: f.container_id.to_owned(),
+                ifname: f.ifname.to_owned(),
+            },
             addresses: self
-                .body
-                .addresses
-                .iter()
-                .map(|a| AllocatedAddress {
-                    subnet: a.subnet.to_string(),
-                    address: a.address,
+                .subnet_addresses()
+                .map(|(subnet, address)| AllocatedAddress {
+                    subnet: subnet.to_owned(),
+                    address,
                 })
                 .collect(),
-            pod: self.pod(),
-            node: self.body.node.to_string(),
-            netns: self.body.netns.to_string(),
-            mac: self.body.mac,
-            since_ms: self.body.since_ms,
+            pod: PodRef {
+                namespace: f.namespace.map(str::to_owned),
+                name: f.name.map(str::to_owned),
+                uid: f.uid.map(str::to_owned),
+            },
+            node: f.node.to_owned(),
+            netns: f.netns.to_owned(),
+            mac: f.mac,
+            since_ms: f.since_ms,
         }
+    }
+}
+
+impl Ord for Held {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.key_parts().cmp(&other.key_parts())
+    }
+}
+
+impl PartialOrd for Held {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// Equal keys: the same attachment (a probe equals the allocation it finds).
+impl PartialEq for Held {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Held {}
+
+impl std::fmt::Debug for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.to_allocation().fmt(f)
     }
 }
 
@@ -291,7 +382,7 @@ mod tests {
 
     #[test]
     fn an_allocation_comes_back_whole() {
-        let mut strings = Interner::default();
+        let long = "x".repeat(300);
         for pod in [
             PodRef::default(),
             PodRef {
@@ -304,42 +395,60 @@ mod tests {
                 name: Some("bare".into()),
                 uid: None,
             },
+            PodRef {
+                namespace: Some(String::new()),
+                name: None,
+                uid: Some(long.clone()),
+            },
         ] {
-            let a = allocation("c1", pod);
-            let (key, body) = compact(&a, &mut strings);
-            let back = HeldRef {
-                key: &key,
-                body: &body,
-            };
-            assert_eq!(back.to_allocation(), a);
-            assert_eq!(key.to_key(), a.key);
+            let mut a = allocation("c1", pod.clone());
+            let held = Held::pack(&a);
+            assert_eq!(held.to_allocation(), a);
+            assert_eq!(held.key(), a.key);
+            assert_eq!(held.pod(), pod);
+            assert_eq!(held.namespace(), pod.namespace.as_deref());
+            assert_eq!(held.node(), "n1");
+            assert_eq!(held.netns(), "/run/netns/x");
+            assert_eq!(held.since_ms(), 42);
+            assert_eq!(held.subnet_of("fd00::5".parse().unwrap()), Some("v6"));
+            assert_eq!(held.subnet_of("10.0.0.6".parse().unwrap()), None);
+            // No MAC, no address, and lengths past one byte of LEB128.
+            a.mac = None;
+            a.addresses.clear();
+            a.netns = long.clone();
+            a.key.container_id = "c".repeat(70_000);
+            let held = Held::pack(&a);
+            assert_eq!(held.to_allocation(), a);
+            assert_eq!(held.addresses().count(), 0);
         }
     }
 
     #[test]
-    fn strings_are_shared_and_go_with_their_last_user() {
-        let mut strings = Interner::default();
-        let first = compact(&allocation("c1", PodRef::default()), &mut strings);
-        let second = compact(&allocation("c2", PodRef::default()), &mut strings);
-        // net, eth0, v4, v6, n1: once each, however many allocations use them.
-        assert_eq!(strings.len(), 5);
-        assert!(Arc::ptr_eq(&first.0.network, &second.0.network));
-        forget(first.0, first.1, &mut strings);
-        assert_eq!(strings.len(), 5, "the second allocation still uses them");
-        forget(second.0, second.1, &mut strings);
-        assert!(strings.is_empty());
-        // A string used twice by one allocation goes with it too.
-        let mut twice = allocation("c3", PodRef::default());
-        twice.node = "net".into();
-        let third = compact(&twice, &mut strings);
-        assert_eq!(strings.len(), 4);
-        forget(third.0, third.1, &mut strings);
-        assert!(strings.is_empty());
+    fn a_probe_finds_its_allocation_and_nothing_else() {
+        let a = allocation("c1", PodRef::default());
+        let held = Held::pack(&a);
+        assert_eq!(Held::probe(&a.key), held);
+        let mut other = a.key.clone();
+        other.ifname = "eth1".into();
+        assert_ne!(Held::probe(&other), held);
+        let set: std::collections::BTreeSet<Held> = [held.clone()].into();
+        assert_eq!(
+            set.get(&Held::probe(&a.key)).map(Held::to_allocation),
+            Some(a)
+        );
+        assert!(Held::first_of("net") < held);
+        assert!(Held::first_of("neu") > held);
     }
 
     #[test]
     fn keys_order_as_attachment_keys_do() {
-        let keys = [("a", "z", "eth0"), ("a", "za", "eth0"), ("ab", "", "")];
+        let keys = [
+            ("a", "z", "eth0"),
+            ("a", "za", "eth0"),
+            ("a", "za", "eth1"),
+            ("ab", "", ""),
+            ("b", "", "a"),
+        ];
         for pair in keys.windows(2) {
             let key = |(n, c, i): (&str, &str, &str)| AttachmentKey {
                 network: n.into(),
@@ -348,10 +457,11 @@ mod tests {
             };
             let (x, y) = (key(pair[0]), key(pair[1]));
             assert_eq!(
-                HeldKey::probe(&x).cmp(&HeldKey::probe(&y)),
+                Held::probe(&x).cmp(&Held::probe(&y)),
                 x.cmp(&y),
                 "{x} vs {y}"
             );
+            assert_eq!(Held::probe(&y).cmp(&Held::probe(&x)), y.cmp(&x));
         }
     }
 }

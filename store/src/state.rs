@@ -12,7 +12,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::ops::Bound::{Excluded, Included, Unbounded};
-use std::sync::Arc;
 
 use ipkeep_api::message::{IpEntry, IpListRequest, IpPage};
 use ipkeep_api::model::{
@@ -21,7 +20,7 @@ use ipkeep_api::model::{
 };
 use ipkeep_api::Mac;
 
-use crate::held::{self, HeldBody, HeldKey, HeldRef, Interner};
+use crate::held::{Held, HeldRef};
 use crate::history::HistoryLog;
 use crate::pool::PoolState;
 use crate::records::{self, Change, Record, RecordError};
@@ -53,12 +52,11 @@ pub enum Source {
 pub struct State {
     subnets: BTreeMap<String, SubnetState>,
     pools: BTreeMap<String, PoolState>,
-    /// Live allocations, in the compact form (see [`crate::held`]).
-    allocations: BTreeMap<Arc<HeldKey>, HeldBody>,
-    /// address -> the attachment holding it (invariant 1: at most one).
-    holders: BTreeMap<IpAddr, Arc<HeldKey>>,
-    /// The allocations' shared strings.
-    strings: Interner,
+    /// Live allocations, packed (see [`crate::held`]), by attachment key.
+    allocations: BTreeSet<Held>,
+    /// address -> the allocation holding it (invariant 1: at most one); the
+    /// same block as in `allocations`.
+    holders: BTreeMap<IpAddr, Held>,
     bindings: BTreeMap<PodName, Binding>,
     /// address -> the pod name it is bound to.
     bound: BTreeMap<IpAddr, PodName>,
@@ -114,9 +112,9 @@ impl State {
                 Record::PoolCursor { pool, at } => pool_cursors.push((pool, at)),
                 Record::Reservation(r) => reservations.push(r),
                 Record::Binding(b) => bindings.push(b),
-                // Compacted on arrival: a restart holds a million of these
+                // Packed on arrival: a restart holds a million of these
                 // at once, before the bindings they depend on are in.
-                Record::Allocation(a) => allocations.push(held::compact(&a, &mut state.strings)),
+                Record::Allocation(a) => allocations.push(Held::pack(&a)),
                 Record::History { seq, entry } => state.history.insert(seq, entry),
                 Record::Tombstone { key, issued_us } => {
                     state.tombstones_by_time.insert((issued_us, key.clone()));
@@ -192,12 +190,8 @@ impl State {
                 .bindings
                 .insert((b.namespace.clone(), b.name.clone()), b);
         }
-        for (held_key, body) in allocations {
-            let allocation = HeldRef {
-                key: &held_key,
-                body: &body,
-            }
-            .to_allocation();
+        for packed in allocations {
+            let allocation = packed.to_allocation();
             let key = allocation.key.to_string();
             let ns = namespace_of(&allocation.pod);
             for held in &allocation.addresses {
@@ -237,7 +231,7 @@ impl State {
                 }
                 state.count_held(&held.subnet, held.address, 1);
             }
-            state.index_held(held_key, body);
+            state.index_held(packed);
         }
         for ((ns, name), b) in &state.bindings {
             if let Some(holder) = &b.holder {
@@ -400,9 +394,7 @@ impl State {
 
     /// An allocation, read in place.
     pub fn held(&self, key: &AttachmentKey) -> Option<HeldRef<'_>> {
-        self.allocations
-            .get_key_value(&HeldKey::probe(key))
-            .map(|(key, body)| HeldRef { key, body })
+        self.allocations.get(&Held::probe(key))
     }
 
     pub fn allocation_count(&self) -> usize {
@@ -410,7 +402,7 @@ impl State {
     }
 
     pub fn holder(&self, addr: IpAddr) -> Option<AttachmentKey> {
-        self.holders.get(&addr).map(|k| k.to_key())
+        self.holders.get(&addr).map(Held::key)
     }
 
     pub fn binding(&self, pod: &PodName) -> Option<&Binding> {
@@ -458,9 +450,7 @@ impl State {
     /// Every allocation, in key order (a scan: for the reconciler's periodic
     /// pass and for forgetting a node, not for a plugin's request).
     pub fn allocations(&self) -> impl Iterator<Item = HeldRef<'_>> {
-        self.allocations
-            .iter()
-            .map(|(key, body)| HeldRef { key, body })
+        self.allocations.iter()
     }
 
     /// The allocations of one network, found by key range, not by a scan.
@@ -469,9 +459,8 @@ impl State {
         network: &'a str,
     ) -> impl Iterator<Item = HeldRef<'a>> + 'a {
         self.allocations
-            .range(HeldKey::first_of(network)..)
-            .take_while(move |(k, _)| k.network() == network)
-            .map(|(key, body)| HeldRef { key, body })
+            .range(Held::first_of(network)..)
+            .take_while(move |a| a.network() == network)
     }
 
     /// The held addresses between two addresses, lowest first, at most `limit`.
@@ -483,7 +472,7 @@ impl State {
     ) -> Vec<(IpAddr, AttachmentKey)> {
         self.holders
             .range(start..=end)
-            .map(|(a, k)| (*a, k.to_key()))
+            .map(|(a, k)| (*a, k.key()))
             .take(limit)
             .collect()
     }
@@ -516,9 +505,7 @@ impl State {
 
     /// One entry of `ip list`.
     pub fn ip_entry(&self, address: IpAddr) -> Option<IpEntry> {
-        let key = self.holders.get(&address)?;
-        let (key, body) = self.allocations.get_key_value(key)?;
-        let a = HeldRef { key, body };
+        let a = self.holders.get(&address)?;
         Some(IpEntry {
             address,
             subnet: a.subnet_of(address).unwrap_or_default().to_owned(),
@@ -550,11 +537,7 @@ impl State {
             None => low,
         };
         let mut entries = Vec::new();
-        for (address, key) in self.holders.range((low, high)) {
-            let Some((key, body)) = self.allocations.get_key_value(key) else {
-                continue;
-            };
-            let a = HeldRef { key, body };
+        for (address, a) in self.holders.range((low, high)) {
             if req.namespace.is_some() && a.namespace() != req.namespace.as_deref() {
                 continue;
             }
@@ -834,20 +817,14 @@ impl State {
 
     /// Indexes an allocation whose addresses the caller has accounted for.
     fn insert_held(&mut self, allocation: &Allocation) {
-        let (key, body) = held::compact(allocation, &mut self.strings);
-        self.index_held(key, body);
+        self.index_held(Held::pack(allocation));
     }
 
-    fn index_held(&mut self, key: Arc<HeldKey>, body: HeldBody) {
-        for address in (HeldRef {
-            key: &key,
-            body: &body,
-        })
-        .addresses()
-        {
-            self.holders.insert(address, key.clone());
+    fn index_held(&mut self, held: Held) {
+        for address in held.addresses() {
+            self.holders.insert(address, held.clone());
         }
-        self.allocations.insert(key, body);
+        self.allocations.insert(held);
     }
 
     /// Removes an allocation: addresses bound to the pod's name stay bound
@@ -860,18 +837,13 @@ impl State {
         at_ms: u64,
         journal: &mut Vec<Change>,
     ) -> Option<Allocation> {
-        let (held_key, body) = self.allocations.remove_entry(&HeldKey::probe(key))?;
-        let allocation = HeldRef {
-            key: &held_key,
-            body: &body,
-        }
-        .to_allocation();
-        for held in &allocation.addresses {
-            if self.holders.get(&held.address) == Some(&held_key) {
-                self.holders.remove(&held.address);
+        let held = self.allocations.take(&Held::probe(key))?;
+        let allocation = held.to_allocation();
+        for a in &allocation.addresses {
+            if self.holders.get(&a.address) == Some(&held) {
+                self.holders.remove(&a.address);
             }
         }
-        held::forget(held_key, body, &mut self.strings);
         let ns = namespace_of(&allocation.pod);
         let mut touched_bindings = BTreeSet::new();
         for held in &allocation.addresses {

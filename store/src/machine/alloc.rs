@@ -462,7 +462,7 @@ impl State {
         let stale: Vec<AttachmentKey> = self
             .allocations_of_network(network)
             .filter(|a| a.node() == node)
-            .filter(|a| !valid.contains(&(a.held_key().container_id(), a.held_key().ifname())))
+            .filter(|a| !valid.contains(&(a.container_id(), a.ifname())))
             .map(|a| a.key())
             .collect();
         self.release_all(stale, ReleaseReason::Gc, at_ms, issued_us, journal)
