@@ -20,6 +20,8 @@
 //! number of addresses, then each as its subnet, then 4 or 16 octets after
 //! a family byte.
 
+use std::borrow::Borrow;
+use std::cell::RefCell;
 use std::cmp::Ordering;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
@@ -94,9 +96,13 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn str(&mut self) -> &'a str {
+    fn raw(&mut self) -> &'a [u8] {
         let n = self.length();
-        std::str::from_utf8(self.take(n)).expect(PACKED)
+        self.take(n)
+    }
+
+    fn str(&mut self) -> &'a str {
+        std::str::from_utf8(self.raw()).expect(PACKED)
     }
 
     fn array<const N: usize>(&mut self) -> [u8; N] {
@@ -132,8 +138,20 @@ struct Fields<'a> {
 impl Held {
     /// Packs an allocation.
     pub fn pack(allocation: &Allocation) -> Held {
-        let mut out = Vec::with_capacity(96);
-        put_key(&mut out, &allocation.key);
+        // Written into a buffer kept per thread, then copied once into the
+        // block: one allocation per pack instead of a Vec grown and freed.
+        thread_local! {
+            static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+        }
+        SCRATCH.with_borrow_mut(|out| {
+            out.clear();
+            Held::pack_into(out, allocation);
+            Held(Arc::from(&out[..]))
+        })
+    }
+
+    fn pack_into(out: &mut Vec<u8>, allocation: &Allocation) {
+        put_key(out, &allocation.key);
         out.extend_from_slice(&allocation.since_ms.to_le_bytes());
         match allocation.mac {
             Some(mac) => {
@@ -142,8 +160,8 @@ impl Held {
             }
             None => out.push(0),
         }
-        put_str(&mut out, &allocation.node);
-        put_str(&mut out, &allocation.netns);
+        put_str(out, &allocation.node);
+        put_str(out, &allocation.netns);
         let pod = &allocation.pod;
         let present = [
             (POD_NAMESPACE, &pod.namespace),
@@ -157,11 +175,11 @@ impl Held {
                 .fold(0, |flags, (flag, _)| flags | flag),
         );
         for value in present.iter().filter_map(|(_, v)| v.as_deref()) {
-            put_str(&mut out, value);
+            put_str(out, value);
         }
-        put_len(&mut out, allocation.addresses.len());
+        put_len(out, allocation.addresses.len());
         for a in &allocation.addresses {
-            put_str(&mut out, &a.subnet);
+            put_str(out, &a.subnet);
             match a.address {
                 IpAddr::V4(v4) => {
                     out.push(FAMILY_V4);
@@ -173,25 +191,6 @@ impl Held {
                 }
             }
         }
-        Held(Arc::from(out))
-    }
-
-    /// A block to look a key up with: the key and nothing else, which is
-    /// all that comparing reads.
-    pub fn probe(key: &AttachmentKey) -> Held {
-        let mut out =
-            Vec::with_capacity(key.network.len() + key.container_id.len() + key.ifname.len() + 6);
-        put_key(&mut out, key);
-        Held(Arc::from(out))
-    }
-
-    /// The lowest key of a network.
-    pub fn first_of(network: &str) -> Held {
-        Held::probe(&AttachmentKey {
-            network: network.to_owned(),
-            container_id: String::new(),
-            ifname: String::new(),
-        })
     }
 
     fn reader(&self) -> Reader<'_> {
@@ -201,6 +200,13 @@ impl Held {
     fn key_parts(&self) -> (&str, &str, &str) {
         let mut r = self.reader();
         (r.str(), r.str(), r.str())
+    }
+
+    /// The key's three strings as bytes, unchecked: what comparing reads.
+    /// UTF-8 orders bytewise as its strings do, so these order as the key.
+    fn key_bytes(&self) -> KeyBytes<'_> {
+        let mut r = self.reader();
+        (r.raw(), r.raw(), r.raw())
     }
 
     fn fields(&self) -> Fields<'_> {
@@ -324,9 +330,75 @@ impl Held {
     }
 }
 
+/// An attachment key's network, container id and interface, as bytes.
+type KeyBytes<'a> = (&'a [u8], &'a [u8], &'a [u8]);
+
+/// Anything that reads as an attachment key: a held allocation, or a key
+/// looked up with. The map of allocations borrows each entry as
+/// `dyn LookupKey`, so a lookup by [`AttachmentKey`] or by a network's
+/// lowest key compares in place, with no block packed to look up with.
+pub trait LookupKey {
+    fn key_bytes(&self) -> KeyBytes<'_>;
+}
+
+impl LookupKey for Held {
+    fn key_bytes(&self) -> KeyBytes<'_> {
+        Held::key_bytes(self)
+    }
+}
+
+impl LookupKey for AttachmentKey {
+    fn key_bytes(&self) -> KeyBytes<'_> {
+        (
+            self.network.as_bytes(),
+            self.container_id.as_bytes(),
+            self.ifname.as_bytes(),
+        )
+    }
+}
+
+/// The lowest key of a network: its name, then empty container id and
+/// interface, which sort before every real attachment of that network.
+pub struct FirstOf<'a>(pub &'a str);
+
+impl LookupKey for FirstOf<'_> {
+    fn key_bytes(&self) -> KeyBytes<'_> {
+        (self.0.as_bytes(), b"", b"")
+    }
+}
+
+impl Ord for dyn LookupKey + '_ {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.key_bytes().cmp(&other.key_bytes())
+    }
+}
+
+impl PartialOrd for dyn LookupKey + '_ {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for dyn LookupKey + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.key_bytes() == other.key_bytes()
+    }
+}
+
+impl Eq for dyn LookupKey + '_ {}
+
+impl<'a> Borrow<dyn LookupKey + 'a> for Held {
+    fn borrow(&self) -> &(dyn LookupKey + 'a) {
+        self
+    }
+}
+
+/// Ordered by key, exactly as [`AttachmentKey`] orders (network, then
+/// container id, then interface), and as the borrowed `dyn LookupKey`
+/// orders, which the map's lookups rely on.
 impl Ord for Held {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.key_parts().cmp(&other.key_parts())
+        self.key_bytes().cmp(&other.key_bytes())
     }
 }
 
@@ -336,10 +408,10 @@ impl PartialOrd for Held {
     }
 }
 
-/// Equal keys: the same attachment (a probe equals the allocation it finds).
+/// Equal keys: the same attachment.
 impl PartialEq for Held {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0) || self.cmp(other) == Ordering::Equal
+        Arc::ptr_eq(&self.0, &other.0) || self.key_bytes() == other.key_bytes()
     }
 }
 
@@ -423,21 +495,41 @@ mod tests {
         }
     }
 
+    fn with_key(key: &AttachmentKey) -> Held {
+        let mut a = allocation("", PodRef::default());
+        a.key = key.clone();
+        Held::pack(&a)
+    }
+
+    fn lookup(key: &dyn LookupKey) -> &dyn LookupKey {
+        key
+    }
+
     #[test]
-    fn a_probe_finds_its_allocation_and_nothing_else() {
+    fn a_key_finds_its_allocation_and_nothing_else() {
         let a = allocation("c1", PodRef::default());
         let held = Held::pack(&a);
-        assert_eq!(Held::probe(&a.key), held);
         let mut other = a.key.clone();
         other.ifname = "eth1".into();
-        assert_ne!(Held::probe(&other), held);
-        let set: std::collections::BTreeSet<Held> = [held.clone()].into();
+        let set: std::collections::BTreeSet<Held> = [held.clone(), with_key(&other)].into();
         assert_eq!(
-            set.get(&Held::probe(&a.key)).map(Held::to_allocation),
-            Some(a)
+            set.get(lookup(&a.key)).map(Held::to_allocation),
+            Some(a.clone())
         );
-        assert!(Held::first_of("net") < held);
-        assert!(Held::first_of("neu") > held);
+        assert_eq!(set.get(lookup(&other)).map(Held::key), Some(other));
+        let mut absent = a.key.clone();
+        absent.container_id = "c2".into();
+        assert!(!set.contains(lookup(&absent)));
+        assert!(lookup(&FirstOf("net")) < lookup(&held));
+        assert!(lookup(&FirstOf("neu")) > lookup(&held));
+        // A network's range starts at its lowest key and holds both.
+        let of_net: Vec<_> = set
+            .range::<dyn LookupKey, _>((
+                std::ops::Bound::Included(lookup(&FirstOf("net"))),
+                std::ops::Bound::Unbounded,
+            ))
+            .collect();
+        assert_eq!(of_net.len(), 2);
     }
 
     #[test]
@@ -448,20 +540,24 @@ mod tests {
             ("a", "za", "eth1"),
             ("ab", "", ""),
             ("b", "", "a"),
+            ("b", "\u{e9}", "a"),
+            ("b", "\u{1f600}", ""),
         ];
+        let key = |(n, c, i): (&str, &str, &str)| AttachmentKey {
+            network: n.into(),
+            container_id: c.into(),
+            ifname: i.into(),
+        };
         for pair in keys.windows(2) {
-            let key = |(n, c, i): (&str, &str, &str)| AttachmentKey {
-                network: n.into(),
-                container_id: c.into(),
-                ifname: i.into(),
-            };
             let (x, y) = (key(pair[0]), key(pair[1]));
-            assert_eq!(
-                Held::probe(&x).cmp(&Held::probe(&y)),
-                x.cmp(&y),
-                "{x} vs {y}"
-            );
-            assert_eq!(Held::probe(&y).cmp(&Held::probe(&x)), y.cmp(&x));
+            let (hx, hy) = (with_key(&x), with_key(&y));
+            assert_eq!(x.cmp(&y), Ordering::Less, "{x} vs {y}");
+            assert_eq!(hx.cmp(&hy), Ordering::Less, "{x} vs {y}");
+            assert_eq!(hy.cmp(&hx), Ordering::Greater, "{y} vs {x}");
+            // Looked up by a bare key, the order is the same.
+            assert_eq!(lookup(&x).cmp(lookup(&hy)), Ordering::Less);
+            assert_eq!(lookup(&hx).cmp(lookup(&y)), Ordering::Less);
+            assert_eq!(lookup(&x).cmp(lookup(&hx)), Ordering::Equal);
         }
     }
 }

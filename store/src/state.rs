@@ -20,7 +20,7 @@ use ipkeep_api::model::{
 };
 use ipkeep_api::Mac;
 
-use crate::held::{Held, HeldRef};
+use crate::held::{FirstOf, Held, HeldRef, LookupKey};
 use crate::history::HistoryLog;
 use crate::pool::PoolState;
 use crate::records::{self, Change, Record, RecordError};
@@ -394,7 +394,7 @@ impl State {
 
     /// An allocation, read in place.
     pub fn held(&self, key: &AttachmentKey) -> Option<HeldRef<'_>> {
-        self.allocations.get(&Held::probe(key))
+        self.allocations.get(key as &dyn LookupKey)
     }
 
     pub fn allocation_count(&self) -> usize {
@@ -459,7 +459,7 @@ impl State {
         network: &'a str,
     ) -> impl Iterator<Item = HeldRef<'a>> + 'a {
         self.allocations
-            .range(Held::first_of(network)..)
+            .range::<dyn LookupKey, _>((Included(&FirstOf(network) as &dyn LookupKey), Unbounded))
             .take_while(move |a| a.network() == network)
     }
 
@@ -837,7 +837,7 @@ impl State {
         at_ms: u64,
         journal: &mut Vec<Change>,
     ) -> Option<Allocation> {
-        let held = self.allocations.take(&Held::probe(key))?;
+        let held = self.allocations.take(key as &dyn LookupKey)?;
         let allocation = held.to_allocation();
         for a in &allocation.addresses {
             if self.holders.get(&a.address) == Some(&held) {
