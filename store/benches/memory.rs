@@ -95,6 +95,10 @@ fn main() {
             .map(|r| r.key().len() + r.value().len())
             .sum();
         let records_ms = start.elapsed().as_secs_f64() * 1e3;
+        let start = std::time::Instant::now();
+        let copy = state.clone();
+        let clone_ms = start.elapsed().as_secs_f64() * 1e3;
+        drop(copy);
         let label = if kubernetes {
             "kubernetes-shaped"
         } else {
@@ -102,7 +106,7 @@ fn main() {
         };
         println!(
             "{label:22} {LIVE} live: +{:>5.0} MiB resident, {:>5.0} bytes per allocation; \
-             applied in {fill_ms:.0} ms, every record encoded in {records_ms:.0} ms ({} MiB)",
+             applied in {fill_ms:.0} ms, every record encoded in {records_ms:.0} ms ({} MiB), the state cloned in {clone_ms:.0} ms",
             after.saturating_sub(before) as f64 / 1024.0,
             after.saturating_sub(before) as f64 * 1024.0 / state.allocation_count() as f64,
             bytes >> 20
