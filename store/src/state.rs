@@ -48,6 +48,28 @@ pub enum Source {
     Exact,
 }
 
+/// Every record of a state as it was when [`State::capture`] took it.
+pub struct CapturedRecords {
+    before: Vec<Record>,
+    allocations: Vec<Held>,
+    after: Vec<Record>,
+}
+
+impl CapturedRecords {
+    /// The records, in the order [`State::records`] gives them.
+    pub fn records(&self) -> impl Iterator<Item = Record> + '_ {
+        self.before
+            .iter()
+            .cloned()
+            .chain(
+                self.allocations
+                    .iter()
+                    .map(|a| Record::Allocation(a.to_allocation())),
+            )
+            .chain(self.after.iter().cloned())
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct State {
     subnets: BTreeMap<String, SubnetState>,
@@ -253,6 +275,30 @@ impl State {
 
     /// Every record of the state, the inverse of [`State::from_records`].
     pub fn records(&self) -> impl Iterator<Item = Record> + '_ {
+        self.records_before_allocations()
+            .chain(self.allocation_records())
+            .chain(self.records_after_allocations())
+    }
+
+    /// The state's records, taken quickly enough to hold a lock for: the
+    /// live allocations, nearly all of a large state, as their shared
+    /// blocks (a pointer each), the rest as records. A snapshot build
+    /// takes this under the state machine's lock and encodes it after
+    /// releasing the lock, so writes wait for the copy, not the encoding.
+    pub fn capture(&self) -> CapturedRecords {
+        CapturedRecords {
+            before: self.records_before_allocations().collect(),
+            allocations: self.allocations.iter().cloned().collect(),
+            after: self.records_after_allocations().collect(),
+        }
+    }
+
+    fn allocation_records(&self) -> impl Iterator<Item = Record> + '_ {
+        self.allocations()
+            .map(|a| Record::Allocation(a.to_allocation()))
+    }
+
+    fn records_before_allocations(&self) -> impl Iterator<Item = Record> + '_ {
         let subnets = self
             .subnets
             .values()
@@ -272,17 +318,17 @@ impl State {
         });
         let reservations = self.reservations.values().cloned().map(Record::Reservation);
         let bindings = self.bindings.values().cloned().map(Record::Binding);
-        let allocations = self
-            .allocations()
-            .map(|a| Record::Allocation(a.to_allocation()));
         subnets
             .chain(cursors)
             .chain(pools)
             .chain(pool_cursors)
             .chain(reservations)
             .chain(bindings)
-            .chain(allocations)
-            .chain(self.history.records())
+    }
+
+    fn records_after_allocations(&self) -> impl Iterator<Item = Record> + '_ {
+        self.history
+            .records()
             .chain(
                 self.tombstones
                     .iter()

@@ -661,6 +661,18 @@ fn every_kind_of_record_rebuilds_the_same_state() {
         rebuilt.records().collect::<Vec<_>>(),
         s.records().collect::<Vec<_>>()
     );
+    // What a snapshot build takes under the lock gives the same records,
+    // and keeps giving them while the state moves on.
+    let records_then: Vec<_> = s.records().collect();
+    let mut later = s.clone();
+    let captured = later.capture();
+    run(&mut later, del_at("l1", T0 + 10));
+    ok_addr(run(
+        &mut later,
+        add_pod("l-new", "db", "app-new", &["lan"], &[]),
+    ));
+    assert_ne!(later.records().collect::<Vec<_>>(), records_then);
+    assert_eq!(captured.records().collect::<Vec<_>>(), records_then);
     for name in ["db", "lan"] {
         assert_eq!(rebuilt.subnet_info(name), s.subnet_info(name));
     }

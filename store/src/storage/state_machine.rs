@@ -406,7 +406,9 @@ impl StateMachineStore {
         };
         let started = std::time::Instant::now();
         let id = self.inner.db.generate_id().map_err(|e| write_err(&e))?;
-        let (meta, bytes) = {
+        // Writes wait while the lock is held: take the state's records as
+        // shared pointers under it, and encode them after.
+        let (meta, captured, locked) = {
             let machine = self.inner.machine.read();
             let snapshot_id = match machine.last_applied {
                 Some(l) => format!("{}-{}-{id}", l.leader_id.term, l.index),
@@ -417,10 +419,10 @@ impl StateMachineStore {
                 last_membership: machine.membership.clone(),
                 snapshot_id,
             };
-            let bytes =
-                snapshot_file::encode(&meta, machine.state.records().map(|r| (r.key(), r.value())));
-            (meta, bytes)
+            (meta, machine.state.capture(), started.elapsed())
         };
+        let bytes = snapshot_file::encode(&meta, captured.records().map(|r| (r.key(), r.value())));
+        drop(captured);
         // The state must be on disk at least up to the snapshot before the log
         // behind it can be purged.
         self.inner.writer.drain().map_err(|e| write_err(&e))?;
@@ -438,7 +440,13 @@ impl StateMachineStore {
         }
         snapshot_file::publish(&tmp, &self.current_path()).map_err(|e| write_err(&e))?;
         let took = started.elapsed();
-        tracing::info!(snapshot = %meta.snapshot_id, bytes = bytes.len(), millis = took.as_millis() as u64, "snapshot built");
+        tracing::info!(
+            snapshot = %meta.snapshot_id,
+            bytes = bytes.len(),
+            millis = took.as_millis() as u64,
+            locked_millis = locked.as_millis() as u64,
+            "snapshot built"
+        );
         self.inner
             .stats
             .record_built(meta.last_log_id.map(|l| l.index), took, bytes.len() as u64);
