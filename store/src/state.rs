@@ -48,6 +48,11 @@ pub enum Source {
     Exact,
 }
 
+/// A live allocation's record, rebuilt from its packed block.
+fn allocation_record(held: &Held) -> Record {
+    Record::Allocation(held.to_allocation())
+}
+
 /// Every record of a state as it was when [`State::capture`] took it.
 pub struct CapturedRecords {
     before: Vec<Record>,
@@ -61,11 +66,7 @@ impl CapturedRecords {
         self.before
             .iter()
             .cloned()
-            .chain(
-                self.allocations
-                    .iter()
-                    .map(|a| Record::Allocation(a.to_allocation())),
-            )
+            .chain(self.allocations.iter().map(allocation_record))
             .chain(self.after.iter().cloned())
     }
 }
@@ -294,8 +295,7 @@ impl State {
     }
 
     fn allocation_records(&self) -> impl Iterator<Item = Record> + '_ {
-        self.allocations()
-            .map(|a| Record::Allocation(a.to_allocation()))
+        self.allocations.iter().map(allocation_record)
     }
 
     fn records_before_allocations(&self) -> impl Iterator<Item = Record> + '_ {
