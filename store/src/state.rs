@@ -105,173 +105,22 @@ fn namespace_of(allocation_pod: &ipkeep_api::model::PodRef) -> String {
 }
 
 impl State {
-    /// Rebuilds the state and all its indexes from stored records, refusing
-    /// records that contradict each other (an address in two places, an
-    /// object in a subnet that does not exist): those mean the store is
-    /// damaged, and serving from it could hand out an address twice.
     /// No subnet, hence nothing at all (every other object lives in one),
     /// except tombstones and history, which a backup may replace.
     pub fn is_empty(&self) -> bool {
         self.subnets.is_empty() && self.allocations.is_empty() && self.bindings.is_empty()
     }
 
+    /// Rebuilds the state and all its indexes from stored records, refusing
+    /// records that contradict each other (an address in two places, an
+    /// object in a subnet that does not exist): those mean the store is
+    /// damaged, and serving from it could hand out an address twice.
     pub fn from_records(records: impl IntoIterator<Item = Record>) -> Result<State, RecordError> {
-        let mut state = State::default();
-        let (
-            mut cursors,
-            mut pools,
-            mut pool_cursors,
-            mut reservations,
-            mut bindings,
-            mut allocations,
-        ) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+        let mut builder = StateBuilder::default();
         for record in records {
-            match record {
-                Record::Subnet(s) => {
-                    state.subnets.insert(s.name.clone(), SubnetState::new(s));
-                }
-                Record::Cursor { subnet, at } => cursors.push((subnet, at)),
-                Record::Pool(p) => pools.push(p),
-                Record::PoolCursor { pool, at } => pool_cursors.push((pool, at)),
-                Record::Reservation(r) => reservations.push(r),
-                Record::Binding(b) => bindings.push(b),
-                // Packed on arrival: a restart holds a million of these
-                // at once, before the bindings they depend on are in.
-                Record::Allocation(a) => allocations.push(Held::pack(&a)),
-                Record::History { seq, entry } => state.history.insert(seq, entry),
-                Record::Tombstone { key, issued_us } => {
-                    state.tombstones_by_time.insert((issued_us, key.clone()));
-                    state.tombstones.insert(key, issued_us);
-                }
-            }
+            builder.push(record);
         }
-        for (subnet, at) in cursors {
-            state
-                .subnets
-                .get_mut(&subnet)
-                .ok_or_else(|| inconsistent(format!("c/{subnet}"), "cursor of an unknown subnet"))?
-                .set_cursor(Some(at));
-        }
-        for pool in pools {
-            let key = format!("p/{}", pool.name);
-            let sub = state.subnets.get(&pool.subnet).ok_or_else(|| {
-                inconsistent(&key, format!("pool in unknown subnet {}", pool.subnet))
-            })?;
-            let members = crate::pool::addresses_of(&pool, sub);
-            let v4 = sub.subnet.cidr.addr().is_ipv4();
-            let all_free = members.iter().all(|(s, e)| {
-                sub.free_in(
-                    crate::subnet::u128_to_addr(s, v4),
-                    crate::subnet::u128_to_addr(e, v4),
-                ) == e - s + 1
-            });
-            if !all_free {
-                return Err(inconsistent(
-                    &key,
-                    "its addresses are not all free in the subnet",
-                ));
-            }
-            state.insert_pool(pool, &mut Vec::new());
-        }
-        for (pool, at) in pool_cursors {
-            state
-                .pools
-                .get_mut(&pool)
-                .ok_or_else(|| inconsistent(format!("k/{pool}"), "cursor of an unknown pool"))?
-                .set_cursor(Some(at));
-        }
-        for r in reservations {
-            if !state.subnets.contains_key(&r.subnet) {
-                return Err(inconsistent(
-                    format!("r/{}", r.range),
-                    format!("reservation in unknown subnet {}", r.subnet),
-                ));
-            }
-            state.insert_reservation(r, &mut Vec::new());
-        }
-        for b in bindings {
-            let key = format!("b/{}/{}", b.namespace, b.name);
-            for a in &b.addresses {
-                if !state.subnets.contains_key(&a.subnet)
-                    || !state.take(&a.subnet, a.address, false, &mut Vec::new())
-                {
-                    return Err(inconsistent(
-                        &key,
-                        format!("binds {} which is not free in {}", a.address, a.subnet),
-                    ));
-                }
-                state
-                    .bound
-                    .insert(a.address, (b.namespace.clone(), b.name.clone()));
-                state.count_bound_idle(&a.subnet, a.address, 1);
-                *state
-                    .usage
-                    .entry((a.subnet.clone(), b.namespace.clone()))
-                    .or_default() += 1;
-            }
-            state
-                .bindings
-                .insert((b.namespace.clone(), b.name.clone()), b);
-        }
-        for packed in allocations {
-            let allocation = packed.to_allocation();
-            let key = allocation.key.to_string();
-            let ns = namespace_of(&allocation.pod);
-            for held in &allocation.addresses {
-                if !state.subnets.contains_key(&held.subnet) {
-                    return Err(inconsistent(
-                        &key,
-                        format!("holds {} in unknown subnet {}", held.address, held.subnet),
-                    ));
-                }
-                if state.holders.contains_key(&held.address) {
-                    return Err(inconsistent(
-                        &key,
-                        format!("holds {} which is held twice", held.address),
-                    ));
-                }
-                let from_binding = state
-                    .bound
-                    .get(&held.address)
-                    .and_then(|pod| state.bindings.get(pod))
-                    .is_some_and(|b| b.holder.as_ref() == Some(&allocation.key));
-                if from_binding {
-                    state.count_bound_idle(&held.subnet, held.address, -1);
-                } else {
-                    if !state.take(&held.subnet, held.address, false, &mut Vec::new()) {
-                        return Err(inconsistent(
-                            &key,
-                            format!(
-                                "holds {} which is not assignable in {} or is held twice",
-                                held.address, held.subnet
-                            ),
-                        ));
-                    }
-                    *state
-                        .usage
-                        .entry((held.subnet.clone(), ns.clone()))
-                        .or_default() += 1;
-                }
-                state.count_held(&held.subnet, held.address, 1);
-            }
-            state.index_held(packed);
-        }
-        for ((ns, name), b) in &state.bindings {
-            if let Some(holder) = &b.holder {
-                let holds_all = state.held(holder).is_some_and(|a| {
-                    b.addresses
-                        .iter()
-                        .all(|x| a.addresses().any(|y| y == x.address))
-                });
-                if !holds_all {
-                    return Err(inconsistent(
-                        format!("b/{ns}/{name}"),
-                        format!("names holder {holder}, which does not hold its addresses"),
-                    ));
-                }
-            }
-        }
-        Ok(state)
+        builder.finish()
     }
 
     /// Every record of the state, the inverse of [`State::from_records`].
@@ -974,5 +823,186 @@ impl State {
         }
         journal.push(Change::Delete(records::binding_key(&pod.0, &pod.1)));
         Some(binding)
+    }
+}
+
+/// Gathers stored records into a state one at a time, so that a restart or
+/// a snapshot install holds each live allocation only in its packed form,
+/// never a whole store's worth of decoded records. Objects that depend on
+/// others (cursors, pools, reservations, bindings, allocations) wait until
+/// [`StateBuilder::finish`], when every subnet is known, whatever order the
+/// records came in.
+#[derive(Default)]
+pub struct StateBuilder {
+    state: State,
+    cursors: Vec<(String, IpAddr)>,
+    pools: Vec<Pool>,
+    pool_cursors: Vec<(String, IpAddr)>,
+    reservations: Vec<Reservation>,
+    bindings: Vec<Binding>,
+    allocations: Vec<Held>,
+}
+
+impl StateBuilder {
+    pub fn push(&mut self, record: Record) {
+        let state = &mut self.state;
+        match record {
+            Record::Subnet(s) => {
+                state.subnets.insert(s.name.clone(), SubnetState::new(s));
+            }
+            Record::Cursor { subnet, at } => self.cursors.push((subnet, at)),
+            Record::Pool(p) => self.pools.push(p),
+            Record::PoolCursor { pool, at } => self.pool_cursors.push((pool, at)),
+            Record::Reservation(r) => self.reservations.push(r),
+            Record::Binding(b) => self.bindings.push(b),
+            // Packed on arrival: a restart holds a million of these at
+            // once, before the bindings they depend on are in.
+            Record::Allocation(a) => self.allocations.push(Held::pack(&a)),
+            Record::History { seq, entry } => state.history.insert(seq, entry),
+            Record::Tombstone { key, issued_us } => {
+                state.tombstones_by_time.insert((issued_us, key.clone()));
+                state.tombstones.insert(key, issued_us);
+            }
+        }
+    }
+
+    /// The state, its indexes built, or the first contradiction found.
+    pub fn finish(self) -> Result<State, RecordError> {
+        let StateBuilder {
+            mut state,
+            cursors,
+            pools,
+            pool_cursors,
+            reservations,
+            bindings,
+            allocations,
+        } = self;
+        for (subnet, at) in cursors {
+            state
+                .subnets
+                .get_mut(&subnet)
+                .ok_or_else(|| inconsistent(format!("c/{subnet}"), "cursor of an unknown subnet"))?
+                .set_cursor(Some(at));
+        }
+        for pool in pools {
+            let key = format!("p/{}", pool.name);
+            let sub = state.subnets.get(&pool.subnet).ok_or_else(|| {
+                inconsistent(&key, format!("pool in unknown subnet {}", pool.subnet))
+            })?;
+            let members = crate::pool::addresses_of(&pool, sub);
+            let v4 = sub.subnet.cidr.addr().is_ipv4();
+            let all_free = members.iter().all(|(s, e)| {
+                sub.free_in(
+                    crate::subnet::u128_to_addr(s, v4),
+                    crate::subnet::u128_to_addr(e, v4),
+                ) == e - s + 1
+            });
+            if !all_free {
+                return Err(inconsistent(
+                    &key,
+                    "its addresses are not all free in the subnet",
+                ));
+            }
+            state.insert_pool(pool, &mut Vec::new());
+        }
+        for (pool, at) in pool_cursors {
+            state
+                .pools
+                .get_mut(&pool)
+                .ok_or_else(|| inconsistent(format!("k/{pool}"), "cursor of an unknown pool"))?
+                .set_cursor(Some(at));
+        }
+        for r in reservations {
+            if !state.subnets.contains_key(&r.subnet) {
+                return Err(inconsistent(
+                    format!("r/{}", r.range),
+                    format!("reservation in unknown subnet {}", r.subnet),
+                ));
+            }
+            state.insert_reservation(r, &mut Vec::new());
+        }
+        for b in bindings {
+            let key = format!("b/{}/{}", b.namespace, b.name);
+            for a in &b.addresses {
+                if !state.subnets.contains_key(&a.subnet)
+                    || !state.take(&a.subnet, a.address, false, &mut Vec::new())
+                {
+                    return Err(inconsistent(
+                        &key,
+                        format!("binds {} which is not free in {}", a.address, a.subnet),
+                    ));
+                }
+                state
+                    .bound
+                    .insert(a.address, (b.namespace.clone(), b.name.clone()));
+                state.count_bound_idle(&a.subnet, a.address, 1);
+                *state
+                    .usage
+                    .entry((a.subnet.clone(), b.namespace.clone()))
+                    .or_default() += 1;
+            }
+            state
+                .bindings
+                .insert((b.namespace.clone(), b.name.clone()), b);
+        }
+        for packed in allocations {
+            let allocation = packed.to_allocation();
+            let key = allocation.key.to_string();
+            let ns = namespace_of(&allocation.pod);
+            for held in &allocation.addresses {
+                if !state.subnets.contains_key(&held.subnet) {
+                    return Err(inconsistent(
+                        &key,
+                        format!("holds {} in unknown subnet {}", held.address, held.subnet),
+                    ));
+                }
+                if state.holders.contains_key(&held.address) {
+                    return Err(inconsistent(
+                        &key,
+                        format!("holds {} which is held twice", held.address),
+                    ));
+                }
+                let from_binding = state
+                    .bound
+                    .get(&held.address)
+                    .and_then(|pod| state.bindings.get(pod))
+                    .is_some_and(|b| b.holder.as_ref() == Some(&allocation.key));
+                if from_binding {
+                    state.count_bound_idle(&held.subnet, held.address, -1);
+                } else {
+                    if !state.take(&held.subnet, held.address, false, &mut Vec::new()) {
+                        return Err(inconsistent(
+                            &key,
+                            format!(
+                                "holds {} which is not assignable in {} or is held twice",
+                                held.address, held.subnet
+                            ),
+                        ));
+                    }
+                    *state
+                        .usage
+                        .entry((held.subnet.clone(), ns.clone()))
+                        .or_default() += 1;
+                }
+                state.count_held(&held.subnet, held.address, 1);
+            }
+            state.index_held(packed);
+        }
+        for ((ns, name), b) in &state.bindings {
+            if let Some(holder) = &b.holder {
+                let holds_all = state.held(holder).is_some_and(|a| {
+                    b.addresses
+                        .iter()
+                        .all(|x| a.addresses().any(|y| y == x.address))
+                });
+                if !holds_all {
+                    return Err(inconsistent(
+                        format!("b/{ns}/{name}"),
+                        format!("names holder {holder}, which does not hold its addresses"),
+                    ));
+                }
+            }
+        }
+        Ok(state)
     }
 }

@@ -167,3 +167,49 @@ fn a_snapshot_install_waits_for_older_queued_writes_so_they_cannot_undo_it() {
     let (_log, reopened) = storage::open(dir.path(), &StorageOptions::default()).unwrap();
     assert_eq!(records(&reopened), expected);
 }
+
+#[test]
+fn a_snapshot_whose_records_contradict_each_other_is_never_marked_installed() {
+    // A state with an allocation, its subnet's record left out of the
+    // snapshot: the allocation then holds an address in no known subnet.
+    let mut state = State::default();
+    let mut journal = Vec::new();
+    state.apply(&create_subnet(), &mut journal);
+    state.apply(&add("orphan"), &mut journal);
+    let meta = SnapshotMeta {
+        last_log_id: Some(LogId::new(CommittedLeaderId::new(1, 1), 2)),
+        last_membership: StoredMembership::default(),
+        snapshot_id: "1-1-2".into(),
+    };
+    let bytes = snapshot_file::encode(
+        &meta,
+        state
+            .records()
+            .filter(|r| !matches!(r, Record::Subnet(_)))
+            .map(|r| (r.key(), r.value())),
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (_log, store) = storage::open(dir.path(), &StorageOptions::default()).unwrap();
+        let received = dir.path().join("received.snap");
+        fs::write(&received, &bytes).unwrap();
+        let refused = store.install_sync(&meta, fs::File::open(&received).unwrap());
+        let message = format!(
+            "{:?}",
+            refused.expect_err("an inconsistent snapshot installed")
+        );
+        assert!(message.contains("unknown subnet"), "{message}");
+        // The state served meanwhile is the one from before.
+        assert_eq!(store.inner.machine.read().last_applied, None);
+        assert!(
+            store.inner.tree.contains_key(INSTALLING_KEY).unwrap(),
+            "the tree was marked as a finished install"
+        );
+    }
+    // A restart does not serve it either: it names the damaged store.
+    match storage::open(dir.path(), &StorageOptions::default()) {
+        Err(e) => assert!(e.to_string().contains("unknown subnet"), "{e}"),
+        Ok(_) => panic!("a store holding contradicting records was opened"),
+    }
+}
