@@ -276,7 +276,7 @@ impl Held {
     }
 
     /// Each address with the subnet it came from.
-    fn subnet_addresses(&self) -> impl Iterator<Item = (&str, IpAddr)> + '_ {
+    pub fn subnet_addresses(&self) -> impl Iterator<Item = (&str, IpAddr)> + '_ {
         let mut r = self.fields().addresses;
         let count = r.length();
         (0..count).map(move |_| r.address())

@@ -12,6 +12,7 @@ use ipkeep_api::model::{
     AttachmentKey, IpRange, PodPattern, PodRef, PodSelector, ReleaseReason, Sticky, SubnetUpdate,
 };
 use ipkeep_api::{ApiError, Mac};
+use ipkeep_store::records::Record;
 use ipkeep_store::{Command, Reply, State};
 
 const T0: u64 = 1_700_000_000_000;
@@ -815,4 +816,28 @@ fn reclaim_takes_only_the_attachment_it_saw_and_forget_takes_a_nodes_all() {
     // A stale ADD of the forgotten attachment cannot come back.
     let e = err(run(&mut s, add_pod("B", "db", "etcd-0", &["db"], &[])));
     assert_eq!(e.code, code::TRY_AGAIN, "{e}");
+}
+
+#[test]
+fn an_allocation_listing_its_bound_address_twice_is_refused() {
+    let mut s = State::default();
+    let mut spec = subnet("lan", "10.48.0.0/24");
+    spec.sticky = Some(Sticky { idle_ttl_ms: None });
+    run(&mut s, Command::CreateSubnet { spec });
+    let address = ok_addr(run(&mut s, add_pod("c1", "db", "web-0", &["lan"], &[])));
+    let mut records: Vec<Record> = s.records().collect();
+    let allocation = records
+        .iter_mut()
+        .find_map(|r| match r {
+            Record::Allocation(a) => Some(a),
+            _ => None,
+        })
+        .unwrap();
+    // The binding names this allocation as its holder, so each listing
+    // passes as the binding's own; the second must still be refused.
+    let twice = allocation.addresses[0].clone();
+    assert_eq!(twice.address, address);
+    allocation.addresses.push(twice);
+    let err = State::from_records(records).unwrap_err();
+    assert!(err.to_string().contains("held twice"), "{err}");
 }

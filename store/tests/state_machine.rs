@@ -282,6 +282,31 @@ fn records_that_hold_an_address_twice_are_refused() {
 }
 
 #[test]
+fn records_that_store_one_attachment_twice_are_refused() {
+    let mut state = with_subnets(&[("a", "10.12.0.0/24")]);
+    added(apply(&mut state, add("c1", &[&["a"]])).0);
+    let mut records: Vec<_> = state.records().collect();
+    let mut twin = records
+        .iter()
+        .find_map(|r| match r {
+            ipkeep_store::records::Record::Allocation(a) => Some(a.clone()),
+            _ => None,
+        })
+        .unwrap();
+    // The same attachment again, holding another (free) address: kept
+    // silently, one of the two would be lost from the index while its
+    // address stayed taken.
+    twin.addresses[0].address = "10.12.0.200".parse().unwrap();
+    records.push(ipkeep_store::records::Record::Allocation(twin));
+    let err = State::from_records(records).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("the same attachment is stored twice"),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_slash_16_filled_to_99_percent_hands_out_every_remaining_address_once() {
     let mut state = with_subnets(&[("big", "10.20.0.0/16")]);
     let assignable = state.subnet_info("big").unwrap().usage.assignable as usize;
