@@ -30,8 +30,9 @@ use crate::records::Change;
 /// the memory a slow disk can make the writer hold.
 const QUEUE: usize = 1024;
 
-/// Changes merged into one sled batch at most (a single apply's changes are
-/// never split, so one apply can exceed it). sled 0.34's memory grows with
+/// Changes merged into one sled batch at most (a unit handed over is never
+/// split, so one can exceed it; an apply of many entries hands them over in
+/// units of about this size, cut between entries). sled 0.34's memory grows with
 /// the size of its batches far more than with its cache (see the
 /// `sled_batches` bench).
 pub const MAX_MERGED: usize = 512;
@@ -107,7 +108,8 @@ impl StateWriter {
             .map_err(|_| StateWriteError::Stopped)
     }
 
-    /// Queues one apply's changes (waits while the queue is full). Fails
+    /// Queues one unit of changes, ending with the last-applied id they
+    /// bring the tree to (waits while the queue is full). Fails
     /// once an earlier write has failed: the caller must stop applying.
     pub fn submit(&self, changes: Vec<Change>) -> Result<(), StateWriteError> {
         self.failed()?;

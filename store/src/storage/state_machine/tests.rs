@@ -63,15 +63,10 @@ impl Sink for HeldShut {
     }
 }
 
-/// The same store, writing through a writer the test holds shut.
-fn held_shut(store: &StateMachineStore) -> (StateMachineStore, mpsc::Sender<()>) {
-    let (open, gate) = mpsc::channel();
-    let sink = HeldShut {
-        tree: store.inner.tree.clone(),
-        opened: Some(gate),
-    };
+/// The same store, writing through `sink`.
+fn with_sink(store: &StateMachineStore, sink: impl Sink) -> StateMachineStore {
     let inner = &store.inner;
-    let held = StateMachineStore {
+    StateMachineStore {
         inner: Arc::new(Inner {
             db: inner.db.clone(),
             tree: inner.tree.clone(),
@@ -81,8 +76,30 @@ fn held_shut(store: &StateMachineStore) -> (StateMachineStore, mpsc::Sender<()>)
             current: Mutex::new(store.current().clone()),
             stats: SnapshotStats::default(),
         }),
+    }
+}
+
+/// The same store, writing through a writer the test holds shut.
+fn held_shut(store: &StateMachineStore) -> (StateMachineStore, mpsc::Sender<()>) {
+    let (open, gate) = mpsc::channel();
+    let sink = HeldShut {
+        tree: store.inner.tree.clone(),
+        opened: Some(gate),
     };
-    (held, open)
+    (with_sink(store, sink), open)
+}
+
+/// Writes to the tree and keeps the size of every batch it wrote.
+struct Recording {
+    tree: sled::Tree,
+    sizes: Arc<Mutex<Vec<usize>>>,
+}
+
+impl Sink for Recording {
+    fn write(&mut self, changes: Vec<Change>) -> Result<(), String> {
+        self.sizes.lock().unwrap().push(changes.len());
+        self.tree.write(changes)
+    }
 }
 
 fn records(store: &StateMachineStore) -> (Option<LogId>, Vec<Record>) {
@@ -212,4 +229,45 @@ fn a_snapshot_whose_records_contradict_each_other_is_never_marked_installed() {
         Err(e) => assert!(e.to_string().contains("unknown subnet"), "{e}"),
         Ok(_) => panic!("a store holding contradicting records was opened"),
     }
+}
+
+#[test]
+fn a_long_apply_reaches_sled_in_bounded_batches_each_a_prefix_of_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let count = 3_000u64;
+    {
+        let (_log, store) = storage::open(dir.path(), &StorageOptions::default()).unwrap();
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let recording = with_sink(
+            &store,
+            Recording {
+                tree: store.inner.tree.clone(),
+                sizes: sizes.clone(),
+            },
+        );
+        // One apply of many entries, as a node catching up is handed them.
+        let mut entries = vec![entry(1, create_subnet())];
+        entries.extend((0..count).map(|i| entry(i + 2, add(&format!("c{i}")))));
+        recording.apply_sync(entries).unwrap();
+        recording.inner.writer.drain().unwrap();
+        let sizes = sizes.lock().unwrap().clone();
+        let written: usize = sizes.iter().sum();
+        // Each ADD changes a few records; a batch may pass the bound by one
+        // entry's changes and the last-applied record, never by more.
+        assert!(written > 2 * count as usize, "{written} changes written");
+        let largest = sizes.iter().max().copied().unwrap_or(0);
+        assert!(
+            largest <= MAX_MERGED + 16,
+            "one sled batch of {largest} changes (batches: {sizes:?})"
+        );
+        // Dropping the store lets the data directory be opened again.
+        drop(recording);
+    }
+    let (_log, reopened) = storage::open(dir.path(), &StorageOptions::default()).unwrap();
+    let applied = reopened.inner.machine.read().last_applied;
+    assert_eq!(applied.map(|l| l.index), Some(count + 1));
+    assert_eq!(
+        reopened.inner.machine.read().state.allocation_count(),
+        count as usize
+    );
 }
