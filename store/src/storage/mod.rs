@@ -24,6 +24,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod backup;
+mod free_memory;
 mod legacy_log;
 mod log_file;
 mod log_store;
@@ -54,7 +55,7 @@ pub struct StorageOptions {
 impl Default for StorageOptions {
     fn default() -> Self {
         StorageOptions {
-            cache_capacity: 64 << 20,
+            cache_capacity: 32 << 20,
         }
     }
 }

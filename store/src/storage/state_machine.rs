@@ -17,6 +17,7 @@ use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 use serde::de::DeserializeOwned;
 
+use super::free_memory;
 use super::snapshot_file::{self, SnapshotFileError};
 use super::snapshot_stats::SnapshotStats;
 use super::state_writer::{StateWriter, MAX_MERGED};
@@ -284,6 +285,7 @@ impl StateMachineStore {
             last_applied = ?machine.last_applied,
             "state machine loaded"
         );
+        free_memory::release();
         let writer =
             StateWriter::start(tree.clone(), MAX_MERGED).map_err(|source| OpenError::Thread {
                 what: "state writer",
@@ -558,8 +560,13 @@ impl StateMachineStore {
         self.inner
             .stats
             .record_installed(meta.last_log_id.map(|l| l.index), took, bytes);
-        *self.inner.machine.write() = machine;
+        // The state replaced is dropped after the lock is released: at a
+        // million allocations freeing it takes a while, and reads wait on
+        // the lock.
+        let replaced = std::mem::replace(&mut *self.inner.machine.write(), machine);
+        drop(replaced);
         remove_temporaries(&self.inner.dir);
+        free_memory::release();
         Ok(())
     }
 }
