@@ -111,8 +111,11 @@ pub struct Args {
     #[arg(long, env = "IPKEEP_MIN_FREE_SPACE", default_value = "64MiB", value_parser = parse_size, value_name = "SIZE")]
     pub min_free_space: u64,
 
-    /// sled's page cache, in MiB.
-    #[arg(long, default_value_t = 64)]
+    /// sled's page cache, in MiB. The state is served from memory and sled
+    /// only written behind it, so the cache speeds up little: at a million
+    /// allocations 32 held each node about 55 MiB below 64 at the same fill
+    /// and write rates.
+    #[arg(long, env = "IPKEEP_CACHE_MIB", default_value_t = 32)]
     pub cache_mib: u64,
 
     /// Log lines as text or as JSON objects (one per line).

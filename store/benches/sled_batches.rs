@@ -22,7 +22,7 @@ fn write_in_batches(per_batch: usize) {
     let dir = tempfile::tempdir().expect("temporary directory");
     let db = sled::Config::new()
         .path(dir.path())
-        .cache_capacity(64 << 20) // ipkeepd's default --cache-mib
+        .cache_capacity(32 << 20) // ipkeepd's default --cache-mib
         .open()
         .expect("open sled");
     let tree = db.open_tree("state").expect("open tree");
