@@ -14,6 +14,7 @@ use serde::Serialize;
 use super::plugin::{Ipkeep, Target};
 use super::{api, percentile};
 use crate::cluster::{Cluster, ClusterOptions};
+use crate::procfs;
 
 /// A /12: 1,048,574 usable addresses.
 pub const SUBNET: &str = "scale";
@@ -23,12 +24,16 @@ const FILL_CLIENTS: usize = 64;
 /// Sequential plugin ADDs measured at each level.
 const PROBE_CALLS: usize = 200;
 const LIMIT: Duration = Duration::from_secs(300);
+/// Longest wait for the daemons to go idle after a fill.
+const SETTLE_LIMIT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ScaleRow {
     pub live: usize,
     pub fill_failures: usize,
     pub fill_per_s: f64,
+    /// From caught up to the daemons gone idle, before the measurements.
+    pub settle_ms: u64,
     /// Resident memory of the leader's daemon, and the largest of the three.
     pub leader_rss_mib: f64,
     pub max_rss_mib: f64,
@@ -101,6 +106,30 @@ fn plugin_on(cluster: &Cluster, id: u64, log_dir: &Path) -> Ipkeep {
 
 /// Sequential plugin ADDs then DELs (so the level stays where it is):
 /// p50, p99 and failures of the ADDs.
+/// Waits until the daemons together use under a tenth of a core over a
+/// quarter second (or `limit` passes); returns how long that took.
+fn wait_idle(cluster: &Cluster, limit: Duration) -> u64 {
+    let started = Instant::now();
+    let window = Duration::from_millis(250);
+    // Clock ticks are 10 ms: a tenth of a core over 250 ms is 2.5 ticks.
+    const IDLE_TICKS: u64 = 2;
+    let ticks = || -> u64 {
+        cluster
+            .ids()
+            .into_iter()
+            .filter_map(|id| procfs::cpu_ticks(cluster.node(id).pid()?))
+            .sum()
+    };
+    while started.elapsed() < limit {
+        let before = ticks();
+        std::thread::sleep(window);
+        if ticks().saturating_sub(before) <= IDLE_TICKS {
+            break;
+        }
+    }
+    started.elapsed().as_millis() as u64
+}
+
 fn probe_latency(target: &Ipkeep, tag: &str) -> (f64, f64, usize) {
     let mut latencies = Vec::with_capacity(PROBE_CALLS);
     let mut failures = 0;
@@ -211,6 +240,11 @@ pub fn measure(cluster: &mut Cluster, levels: &[usize], log_dir: &Path) -> Vec<S
         let fill_per_s = (level - live - fill_failures) as f64 / took.as_secs_f64();
         live = level;
         cluster.wait_caught_up(LIMIT);
+        // Each node builds a snapshot as the fill crosses --snapshot-every,
+        // often in its last seconds; memory and latency are the level's,
+        // not those of three builds at once on two cores.
+        let settle_ms = wait_idle(cluster, SETTLE_LIMIT);
+        eprintln!("bench: the daemons went idle {settle_ms} ms after the fill");
 
         let leader = cluster.wait_for_leader(LIMIT);
         let rss: Vec<(u64, f64)> = cluster
@@ -237,6 +271,7 @@ pub fn measure(cluster: &mut Cluster, levels: &[usize], log_dir: &Path) -> Vec<S
             live: level,
             fill_failures,
             fill_per_s,
+            settle_ms,
             leader_rss_mib: rss
                 .iter()
                 .find(|(id, _)| *id == leader)
