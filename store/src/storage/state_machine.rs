@@ -65,7 +65,7 @@ impl SharedMachine {
 }
 
 #[derive(Debug, thiserror::Error)]
-enum RestoreError {
+pub(super) enum RestoreError {
     #[error(transparent)]
     Sled(#[from] sled::Error),
     #[error(transparent)]
@@ -134,13 +134,59 @@ fn load_tree(tree: &sled::Tree) -> Result<Machine, RestoreError> {
 }
 
 /// Replaces the tree's content with a (verified) snapshot file and returns
-/// the machine it holds.
-fn restore_tree(db: &sled::Db, tree: &sled::Tree, path: &Path) -> Result<Machine, RestoreError> {
+/// the machine it holds: what a start does when the tree is behind the
+/// snapshot or an install was interrupted.
+fn restore_tree(tree: &sled::Tree, path: &Path) -> Result<Machine, RestoreError> {
+    mark_installing(tree, path)?;
+    let machine = machine_from_snapshot(path)?;
+    refill_tree(tree, path)?;
+    Ok(machine)
+}
+
+/// Marks the tree as being replaced by the snapshot at `path`, durably: a
+/// start that finds the mark restores the tree from the snapshot file
+/// whatever the tree holds.
+fn mark_installing(tree: &sled::Tree, path: &Path) -> Result<(), RestoreError> {
     tree.insert(
         INSTALLING_KEY,
         records::encode_value(&path.display().to_string()),
     )?;
-    db.flush()?;
+    tree.flush()?;
+    Ok(())
+}
+
+/// The machine a (verified) snapshot file holds, or the first of its
+/// records that does not decode or contradicts another.
+fn machine_from_snapshot(path: &Path) -> Result<Machine, RestoreError> {
+    // Records go to the state as they are read, each allocation packed on
+    // arrival: gathering them decoded first cost a million-allocation
+    // install about 330 MiB more at its peak (694 against 364 MiB, `cargo
+    // bench -p ipkeep-store --bench snapshot_install`).
+    let mut state = StateBuilder::default();
+    let mut failure: Option<RestoreError> = None;
+    let meta = snapshot_file::read_records(path, |key, value| {
+        match Record::decode(&key, &value) {
+            Ok(record) => state.push(record),
+            Err(e) => {
+                failure.get_or_insert(e.into());
+            }
+        }
+        Ok(())
+    })?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    Ok(Machine {
+        state: state.finish()?,
+        last_applied: meta.last_log_id,
+        membership: meta.last_membership,
+    })
+}
+
+/// Replaces the content of a tree marked as installing with the records of
+/// the snapshot at `path`, then clears the mark: from then on the tree is
+/// the snapshot's state, to which later applies add.
+pub(super) fn refill_tree(tree: &sled::Tree, path: &Path) -> Result<(), RestoreError> {
     let mut batch = sled::Batch::default();
     let mut pending = 0;
     for key in tree.iter().keys() {
@@ -157,20 +203,8 @@ fn restore_tree(db: &sled::Db, tree: &sled::Tree, path: &Path) -> Result<Machine
     tree.apply_batch(std::mem::take(&mut batch))?;
     pending = 0;
 
-    // Records go to the state as they are read, each allocation packed on
-    // arrival: gathering them decoded first cost a million-allocation
-    // install about 330 MiB more at its peak (694 against 364 MiB, `cargo
-    // bench -p ipkeep-store --bench snapshot_install`).
-    let mut state = StateBuilder::default();
     let mut failure: Option<RestoreError> = None;
     let meta = snapshot_file::read_records(path, |key, value| {
-        match Record::decode(&key, &value) {
-            Ok(record) => state.push(record),
-            Err(e) => {
-                failure.get_or_insert(e.into());
-                return Ok(());
-            }
-        }
         batch.insert(key, value);
         pending += 1;
         if pending == RESTORE_BATCH {
@@ -184,20 +218,12 @@ fn restore_tree(db: &sled::Db, tree: &sled::Tree, path: &Path) -> Result<Machine
     if let Some(e) = failure {
         return Err(e);
     }
-    // Indexed before the install is marked done: records that contradict
-    // each other leave the tree marked as an interrupted install, never as
-    // a state to serve from.
-    let state = state.finish()?;
     batch.insert(APPLIED_KEY, records::encode_value(&meta.last_log_id));
     batch.insert(MEMBERSHIP_KEY, records::encode_value(&meta.last_membership));
     batch.remove(INSTALLING_KEY);
     tree.apply_batch(batch)?;
-    db.flush()?;
-    Ok(Machine {
-        state,
-        last_applied: meta.last_log_id,
-        membership: meta.last_membership,
-    })
+    tree.flush()?;
+    Ok(())
 }
 
 fn remove_temporaries(dir: &Path) {
@@ -276,7 +302,7 @@ impl StateMachineStore {
                 interrupted,
                 "restoring the state machine from the snapshot"
             );
-            restore_tree(&db, &tree, &current_path).map_err(restore_failed)?
+            restore_tree(&tree, &current_path).map_err(restore_failed)?
         } else {
             load_tree(&tree).map_err(restore_failed)?
         };
@@ -540,22 +566,41 @@ impl StateMachineStore {
             let _ = fs::remove_file(&tmp);
             return Ok(());
         }
+        // The state first, from the file as received: a snapshot whose
+        // records do not decode or contradict each other is refused with
+        // nothing changed.
+        let machine = match machine_from_snapshot(&tmp) {
+            Ok(machine) => machine,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(err(&e).into());
+            }
+        };
         // Writes still queued are older than the snapshot: landing after it
         // they would undo part of it.
         self.inner.writer.drain().map_err(|e| err(&e))?;
         let mut current = self.current();
         snapshot_file::publish(&tmp, &self.current_path()).map_err(|e| err(&e))?;
         *current = Some(file_meta);
-        let machine = restore_tree(&self.inner.db, &self.inner.tree, &self.current_path())
-            .map_err(|e| err(&e))?;
+        mark_installing(&self.inner.tree, &self.current_path()).map_err(|e| err(&e))?;
         drop(current);
+        // The tree is rewritten from the snapshot behind the install, by the
+        // state writer, ahead of the changes of every apply after it (at a
+        // million allocations sled takes about 8 s for it, and the node
+        // serves meanwhile). Until it is done the tree stays marked, so a
+        // start restores it from the snapshot file; a snapshot build or
+        // another install waits for it (they drain the writer first).
+        self.inner
+            .writer
+            .refill(self.current_path())
+            .map_err(|e| err(&e))?;
         let took = started.elapsed();
         let bytes = fs::metadata(self.current_path()).map_or(0, |m| m.len());
         tracing::info!(
             snapshot = %meta.snapshot_id,
             allocations = machine.state.allocation_count(),
             millis = took.as_millis() as u64,
-            "snapshot installed"
+            "snapshot installed; the state tree is rewritten from it behind"
         );
         self.inner
             .stats

@@ -20,6 +20,7 @@
 //! Whoever reads or replaces the tree (a snapshot build, a snapshot install,
 //! a clean shutdown) first calls [`StateWriter::drain`].
 
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
@@ -47,6 +48,8 @@ pub enum StateWriteError {
 
 enum Job {
     Write(Vec<Change>),
+    /// Rewrite the whole tree from a snapshot file (after an install).
+    Refill(PathBuf),
     /// Answered once every write before it is done.
     Drained(mpsc::Sender<()>),
 }
@@ -54,6 +57,9 @@ enum Job {
 /// Where merged changes go: the state tree, or a test's model of it.
 pub trait Sink: Send + 'static {
     fn write(&mut self, changes: Vec<Change>) -> Result<(), String>;
+    /// Replaces everything with the records of the snapshot file at
+    /// `snapshot` (installed, and marked so in the tree, before).
+    fn refill(&mut self, snapshot: &Path) -> Result<(), String>;
 }
 
 impl Sink for sled::Tree {
@@ -66,6 +72,17 @@ impl Sink for sled::Tree {
             }
         }
         self.apply_batch(batch).map_err(|e| e.to_string())
+    }
+
+    fn refill(&mut self, snapshot: &Path) -> Result<(), String> {
+        let started = std::time::Instant::now();
+        super::state_machine::refill_tree(self, snapshot).map_err(|e| e.to_string())?;
+        tracing::info!(
+            snapshot = %snapshot.display(),
+            millis = started.elapsed().as_millis() as u64,
+            "state tree rewritten from the installed snapshot"
+        );
+        Ok(())
     }
 }
 
@@ -116,6 +133,13 @@ impl StateWriter {
         self.send(Job::Write(changes))
     }
 
+    /// Queues a rewrite of the whole tree from the snapshot file at
+    /// `snapshot`; changes submitted after it land after it.
+    pub fn refill(&self, snapshot: PathBuf) -> Result<(), StateWriteError> {
+        self.failed()?;
+        self.send(Job::Refill(snapshot))
+    }
+
     /// Returns once everything submitted before is written to the tree
     /// (not flushed: that is sled's `flush`).
     pub fn drain(&self) -> Result<(), StateWriteError> {
@@ -136,11 +160,15 @@ fn run(
     // anyone else; the lock is never held across a write, or an apply
     // submitting meanwhile would wait for the disk after all.
     let mut failed = false;
-    let mut write = |changes: Vec<Change>| {
-        if failed || changes.is_empty() {
-            return;
-        }
-        if let Err(reason) = sink.write(changes) {
+    let mut write = |job: Job| {
+        let outcome = match job {
+            _ if failed => return,
+            Job::Write(changes) if changes.is_empty() => return,
+            Job::Write(changes) => sink.write(changes),
+            Job::Refill(snapshot) => sink.refill(&snapshot),
+            Job::Drained(_) => return,
+        };
+        if let Err(reason) = outcome {
             tracing::error!(error = %reason, "writing the state to the database failed");
             *failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason);
             failed = true;
@@ -157,14 +185,19 @@ fn run(
             match job {
                 Job::Write(changes) => {
                     if !merged.is_empty() && merged.len() + changes.len() > max_merged {
-                        write(std::mem::take(&mut merged));
+                        write(Job::Write(std::mem::take(&mut merged)));
                     }
                     merged.extend(changes);
+                }
+                refill @ Job::Refill(_) => {
+                    // In order: what came before it, then it, then the rest.
+                    write(Job::Write(std::mem::take(&mut merged)));
+                    write(refill);
                 }
                 Job::Drained(done) => drained.push(done),
             }
         }
-        write(merged);
+        write(Job::Write(merged));
         for done in drained {
             let _ = done.send(());
         }

@@ -61,6 +61,13 @@ impl Sink for HeldShut {
         }
         self.tree.write(changes)
     }
+
+    fn refill(&mut self, snapshot: &std::path::Path) -> Result<(), String> {
+        if let Some(gate) = self.opened.take() {
+            gate.recv().map_err(|_| "gate dropped".to_string())?;
+        }
+        self.tree.refill(snapshot)
+    }
 }
 
 /// The same store, writing through `sink`.
@@ -99,6 +106,10 @@ impl Sink for Recording {
     fn write(&mut self, changes: Vec<Change>) -> Result<(), String> {
         self.sizes.lock().unwrap().push(changes.len());
         self.tree.write(changes)
+    }
+
+    fn refill(&mut self, snapshot: &std::path::Path) -> Result<(), String> {
+        self.tree.refill(snapshot)
     }
 }
 
@@ -186,7 +197,7 @@ fn a_snapshot_install_waits_for_older_queued_writes_so_they_cannot_undo_it() {
 }
 
 #[test]
-fn a_snapshot_whose_records_contradict_each_other_is_never_marked_installed() {
+fn a_snapshot_whose_records_contradict_each_other_is_refused_with_nothing_changed() {
     // A state with an allocation, its subnet's record left out of the
     // snapshot: the allocation then holds an address in no known subnet.
     let mut state = State::default();
@@ -217,18 +228,14 @@ fn a_snapshot_whose_records_contradict_each_other_is_never_marked_installed() {
             refused.expect_err("an inconsistent snapshot installed")
         );
         assert!(message.contains("unknown subnet"), "{message}");
-        // The state served meanwhile is the one from before.
+        // Nothing changed: the state served, the tree, the current snapshot.
         assert_eq!(store.inner.machine.read().last_applied, None);
-        assert!(
-            store.inner.tree.contains_key(INSTALLING_KEY).unwrap(),
-            "the tree was marked as a finished install"
-        );
+        assert!(!store.inner.tree.contains_key(INSTALLING_KEY).unwrap());
+        assert!(store.current().is_none());
     }
-    // A restart does not serve it either: it names the damaged store.
-    match storage::open(dir.path(), &StorageOptions::default()) {
-        Err(e) => assert!(e.to_string().contains("unknown subnet"), "{e}"),
-        Ok(_) => panic!("a store holding contradicting records was opened"),
-    }
+    // And a restart serves the state from before, not the refused one.
+    let (_log, reopened) = storage::open(dir.path(), &StorageOptions::default()).unwrap();
+    assert_eq!(reopened.inner.machine.read().last_applied, None);
 }
 
 #[test]
@@ -270,4 +277,93 @@ fn a_long_apply_reaches_sled_in_bounded_batches_each_a_prefix_of_the_log() {
         reopened.inner.machine.read().state.allocation_count(),
         count as usize
     );
+}
+
+/// A snapshot of a subnet and `n` attachments, built by a store of its own:
+/// its meta and its file's bytes.
+fn snapshot_of(n: u64) -> (SnapshotMeta, Vec<u8>, (Option<LogId>, Vec<Record>)) {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, leader) = storage::open(dir.path(), &StorageOptions::default()).unwrap();
+    let mut commands = vec![create_subnet()];
+    commands.extend((0..n).map(|i| add(&format!("snap{i}"))));
+    leader
+        .apply_sync(
+            commands
+                .into_iter()
+                .zip(1..)
+                .map(|(c, i)| entry(i, c))
+                .collect(),
+        )
+        .unwrap();
+    leader.build_sync().unwrap();
+    let meta = leader.current().clone().unwrap();
+    let bytes = fs::read(leader.current_path()).unwrap();
+    (meta, bytes, records(&leader))
+}
+
+#[test]
+fn an_install_serves_at_once_and_the_tree_is_rewritten_behind_it_in_order() {
+    let (meta, bytes, snapshot_state) = snapshot_of(200);
+    let last = meta.last_log_id.unwrap().index;
+    let dir = tempfile::tempdir().unwrap();
+    let expected = {
+        let (_log, store) = storage::open(dir.path(), &StorageOptions::default()).unwrap();
+        let (follower, open) = held_shut(&store);
+        let received = dir.path().join("received.snap");
+        fs::write(&received, &bytes).unwrap();
+        // Returns with the tree's rewrite still held.
+        follower
+            .install_sync(&meta, fs::File::open(&received).unwrap())
+            .unwrap();
+        assert_eq!(records(&follower), snapshot_state);
+        assert!(follower.inner.tree.contains_key(INSTALLING_KEY).unwrap());
+        // An apply after the install queues behind the rewrite.
+        follower
+            .apply_sync(vec![entry(last + 1, add("after"))])
+            .unwrap();
+        open.send(()).unwrap();
+        follower.inner.writer.drain().unwrap();
+        assert!(!follower.inner.tree.contains_key(INSTALLING_KEY).unwrap());
+        records(&follower)
+    };
+    assert!(expected
+        .1
+        .iter()
+        .any(|r| format!("{r:?}").contains("after")));
+    // The tree alone (no restore: the mark is gone and the tree is not
+    // behind the snapshot) gives the same state back.
+    let (_log, reopened) = storage::open(dir.path(), &StorageOptions::default()).unwrap();
+    assert_eq!(records(&reopened), expected);
+}
+
+#[test]
+fn a_crash_before_the_tree_is_rewritten_restores_the_installed_snapshot_at_start() {
+    let (meta, bytes, snapshot_state) = snapshot_of(200);
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (_log, store) = storage::open(dir.path(), &StorageOptions::default()).unwrap();
+        // State the snapshot replaces, already in the tree.
+        store
+            .apply_sync(vec![entry(1, create_subnet()), entry(2, add("old"))])
+            .unwrap();
+        store.inner.writer.drain().unwrap();
+        let (follower, open) = held_shut(&store);
+        let received = dir.path().join("received.snap");
+        fs::write(&received, &bytes).unwrap();
+        follower
+            .install_sync(&meta, fs::File::open(&received).unwrap())
+            .unwrap();
+        // The rewrite never happens: its writer fails, as a crash would
+        // leave it, with the tree still holding the old state.
+        drop(open);
+        assert!(follower.inner.writer.drain().is_err());
+        let tree_applied: Option<LogId> = decode_meta(
+            APPLIED_KEY,
+            &follower.inner.tree.get(APPLIED_KEY).unwrap().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(tree_applied.map(|l| l.index), Some(2));
+    }
+    let (_log, reopened) = storage::open(dir.path(), &StorageOptions::default()).unwrap();
+    assert_eq!(records(&reopened), snapshot_state);
 }

@@ -20,6 +20,12 @@ impl Sink for Recorded {
         self.batches.lock().unwrap().push(changes);
         Ok(())
     }
+
+    /// Recorded as a batch of its own holding one `refill` record.
+    fn refill(&mut self, snapshot: &Path) -> Result<(), String> {
+        let path = snapshot.display().to_string().into_bytes();
+        self.write(vec![Change::Put(b"refill".to_vec(), path)])
+    }
 }
 
 fn put(key: &str, value: u64) -> Change {
@@ -112,6 +118,11 @@ impl Sink for Gated {
         self.gate.recv().map_err(|_| "gate closed".to_string())?;
         self.inner.write(changes)
     }
+
+    fn refill(&mut self, snapshot: &Path) -> Result<(), String> {
+        self.gate.recv().map_err(|_| "gate closed".to_string())?;
+        self.inner.refill(snapshot)
+    }
 }
 
 #[test]
@@ -167,6 +178,10 @@ impl Sink for FailsOnBad {
         }
         self.0.write(changes)
     }
+
+    fn refill(&mut self, snapshot: &Path) -> Result<(), String> {
+        self.0.refill(snapshot)
+    }
 }
 
 #[test]
@@ -202,5 +217,47 @@ fn dropping_the_writer_writes_what_is_queued_first() {
     assert_eq!(
         apply_all(sink.batches().iter().flatten()),
         apply_all(units.iter().flatten())
+    );
+}
+
+#[test]
+fn a_refill_lands_after_the_writes_before_it_and_before_those_after_it() {
+    let recorded = Recorded::default();
+    let (open, gate) = mpsc::channel();
+    let writer = StateWriter::start(
+        Gated {
+            inner: recorded.clone(),
+            gate,
+        },
+        4,
+    )
+    .unwrap();
+    // Queued while the sink is held, so that one pass of the writer sees
+    // them all and could merge across the refill if it were careless.
+    writer.submit(vec![put("before", 1)]).unwrap();
+    writer.refill(PathBuf::from("/snap")).unwrap();
+    writer.submit(vec![put("after", 2)]).unwrap();
+    for _ in 0..3 {
+        open.send(()).unwrap();
+    }
+    writer.drain().unwrap();
+    let keys: Vec<Vec<Vec<u8>>> = recorded
+        .batches()
+        .iter()
+        .map(|b| {
+            b.iter()
+                .map(|c| match c {
+                    Change::Put(k, _) | Change::Delete(k) => k.clone(),
+                })
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        keys,
+        vec![
+            vec![b"before".to_vec()],
+            vec![b"refill".to_vec()],
+            vec![b"after".to_vec()]
+        ]
     );
 }
