@@ -9,16 +9,10 @@ use ipkeep_api::message::AddRequest;
 use ipkeep_api::model::{AttachmentKey, PodRef, SubnetSpec};
 use ipkeep_store::{Command, Reply, State};
 
-const LIVE: usize = 1_000_000;
+mod common;
+use common::status_kib;
 
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
+const LIVE: usize = 1_000_000;
 
 fn add(i: usize, kubernetes: bool) -> Command {
     let (container_id, netns, pod) = if kubernetes {
@@ -82,11 +76,11 @@ const SHAPE_ENV: &str = "IPKEEP_MEMORY_SHAPE";
 fn main() {
     if let Ok(shape) = std::env::var(SHAPE_ENV) {
         let kubernetes = shape == "kubernetes";
-        let before = rss_kib();
+        let before = status_kib("VmRSS");
         let start = std::time::Instant::now();
         let state = fill(kubernetes);
         let fill_ms = start.elapsed().as_secs_f64() * 1e3;
-        let after = rss_kib();
+        let after = status_kib("VmRSS");
         // What a snapshot build walks while it holds the state: every record,
         // encoded.
         let start = std::time::Instant::now();

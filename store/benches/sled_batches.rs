@@ -6,17 +6,11 @@
 
 use std::time::Instant;
 
+mod common;
+use common::status_kib;
+
 const RECORDS: usize = 300_000;
 const SIZE_ENV: &str = "IPKEEP_SLED_BATCH";
-
-fn status_kib(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
 
 fn write_in_batches(per_batch: usize) {
     let dir = tempfile::tempdir().expect("temporary directory");

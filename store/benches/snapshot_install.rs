@@ -21,18 +21,12 @@ use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{CommittedLeaderId, EntryPayload};
 use tokio::io::AsyncWriteExt;
 
+mod common;
+use common::status_kib;
+
 const STAGE_ENV: &str = "IPKEEP_INSTALL_STAGE";
 const LIVE_ENV: &str = "IPKEEP_INSTALL_LIVE";
 const ENTRIES_PER_APPLY: usize = 1_000;
-
-fn status_kib(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
 
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
@@ -112,7 +106,7 @@ async fn build(dir: &Path, live: usize) -> (PathBuf, SnapshotMeta) {
 async fn install(dir: &Path, file: &Path, meta: &SnapshotMeta) {
     let (log, mut machine) =
         storage::open(&dir.join("target"), &StorageOptions::default()).expect("open target");
-    let before = status_kib("VmRSS:");
+    let before = status_kib("VmRSS");
     let started = Instant::now();
     // Received as openraft receives it: chunks written into the file the
     // store handed out.
@@ -128,7 +122,7 @@ async fn install(dir: &Path, file: &Path, meta: &SnapshotMeta) {
         .expect("install");
     let took = started.elapsed();
     let (applied, _) = machine.applied_state().await.expect("applied state");
-    let serving_rss = status_kib("VmRSS:");
+    let serving_rss = status_kib("VmRSS");
     // The store's writer rewrites sled's tree from the snapshot behind the
     // install; closing the store waits for it.
     drop(log);
@@ -142,7 +136,7 @@ async fn install(dir: &Path, file: &Path, meta: &SnapshotMeta) {
         rewritten.as_secs_f64() * 1e3,
         mib(before),
         mib(serving_rss),
-        mib(status_kib("VmHWM:")),
+        mib(status_kib("VmHWM")),
     );
 }
 

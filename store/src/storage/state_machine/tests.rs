@@ -120,24 +120,8 @@ fn records(store: &StateMachineStore) -> (Option<LogId>, Vec<Record>) {
 
 #[test]
 fn a_snapshot_install_waits_for_older_queued_writes_so_they_cannot_undo_it() {
-    let leader_dir = tempfile::tempdir().unwrap();
-    let (_leader_log, leader) =
-        storage::open(leader_dir.path(), &StorageOptions::default()).unwrap();
-    let mut commands = vec![create_subnet()];
-    commands.extend((0..300).map(|i| add(&format!("kept{i}"))));
-    let count = commands.len() as u64;
-    leader
-        .apply_sync(
-            commands
-                .into_iter()
-                .zip(1..)
-                .map(|(c, i)| entry(i, c))
-                .collect(),
-        )
-        .unwrap();
-    leader.build_sync().unwrap();
-    let meta = leader.current().clone().unwrap();
-    let snapshot_bytes = fs::read(leader.current_path()).unwrap();
+    let (meta, snapshot_bytes, _) = snapshot_of(300);
+    let count = meta.last_log_id.unwrap().index;
 
     let dir = tempfile::tempdir().unwrap();
     let expected = {
