@@ -18,7 +18,10 @@
 //! whole with the id of the last apply it covers.
 //!
 //! Whoever reads or replaces the tree (a snapshot build, a snapshot install,
-//! a clean shutdown) first calls [`StateWriter::drain`].
+//! a clean shutdown) first calls [`StateWriter::drain`]. A snapshot install
+//! does not rewrite the tree itself: it queues [`StateWriter::refill`], which
+//! lands in order with the writes around it while the node already serves
+//! the installed state.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, SyncSender};
