@@ -10,7 +10,7 @@
 //! - the vote is fsynced before `save_vote` returns;
 //! - applied state and last-applied are one atomic sled batch, so an entry is
 //!   never applied twice; the batch is written behind the apply (see
-//!   [`state_writer`]) and not flushed with it: what a crash takes from the
+//!   `state_writer`) and not flushed with it: what a crash takes from the
 //!   state is re-applied from the log;
 //! - a snapshot is written to a file and fsynced before it is reported, and
 //!   the state is flushed before the log can be purged behind it.
