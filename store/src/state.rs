@@ -875,7 +875,7 @@ impl StateBuilder {
             pool_cursors,
             reservations,
             bindings,
-            allocations,
+            mut allocations,
         } = self;
         for (subnet, at) in cursors {
             state
@@ -999,7 +999,6 @@ impl StateBuilder {
                 .entry((subnet.to_owned(), ns.to_owned()))
                 .or_default() += count;
         }
-        let mut allocations = allocations;
         // Read from a store they arrive in key order, so this sort only
         // confirms it; the same attachment twice means a damaged store.
         allocations.sort_unstable();

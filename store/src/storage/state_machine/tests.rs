@@ -113,6 +113,19 @@ impl Sink for Recording {
     }
 }
 
+/// Installs a snapshot's bytes into `store` as openraft hands one over: a
+/// file received beside the store's data.
+fn install_bytes(
+    store: &StateMachineStore,
+    dir: &std::path::Path,
+    meta: &SnapshotMeta,
+    bytes: &[u8],
+) -> Result<(), StorageError> {
+    let received = dir.join("received.snap");
+    fs::write(&received, bytes).unwrap();
+    store.install_sync(meta, fs::File::open(&received).unwrap())
+}
+
 fn records(store: &StateMachineStore) -> (Option<LogId>, Vec<Record>) {
     let m = store.inner.machine.read();
     (m.last_applied, m.state.records().collect())
@@ -204,9 +217,7 @@ fn a_snapshot_whose_records_contradict_each_other_is_refused_with_nothing_change
     let dir = tempfile::tempdir().unwrap();
     {
         let (_log, store) = storage::open(dir.path(), &StorageOptions::default()).unwrap();
-        let received = dir.path().join("received.snap");
-        fs::write(&received, &bytes).unwrap();
-        let refused = store.install_sync(&meta, fs::File::open(&received).unwrap());
+        let refused = install_bytes(&store, dir.path(), &meta, &bytes);
         let message = format!(
             "{:?}",
             refused.expect_err("an inconsistent snapshot installed")
@@ -293,12 +304,8 @@ fn an_install_serves_at_once_and_the_tree_is_rewritten_behind_it_in_order() {
     let expected = {
         let (_log, store) = storage::open(dir.path(), &StorageOptions::default()).unwrap();
         let (follower, open) = held_shut(&store);
-        let received = dir.path().join("received.snap");
-        fs::write(&received, &bytes).unwrap();
         // Returns with the tree's rewrite still held.
-        follower
-            .install_sync(&meta, fs::File::open(&received).unwrap())
-            .unwrap();
+        install_bytes(&follower, dir.path(), &meta, &bytes).unwrap();
         assert_eq!(records(&follower), snapshot_state);
         assert!(follower.inner.tree.contains_key(INSTALLING_KEY).unwrap());
         // An apply after the install queues behind the rewrite.
@@ -332,11 +339,7 @@ fn a_crash_before_the_tree_is_rewritten_restores_the_installed_snapshot_at_start
             .unwrap();
         store.inner.writer.drain().unwrap();
         let (follower, open) = held_shut(&store);
-        let received = dir.path().join("received.snap");
-        fs::write(&received, &bytes).unwrap();
-        follower
-            .install_sync(&meta, fs::File::open(&received).unwrap())
-            .unwrap();
+        install_bytes(&follower, dir.path(), &meta, &bytes).unwrap();
         // The rewrite never happens: its writer fails, as a crash would
         // leave it, with the tree still holding the old state.
         drop(open);
