@@ -1,10 +1,13 @@
 //! What installing a snapshot of many live allocations costs a node: one
-//! process applies the allocations to a store on disk and builds a snapshot;
+//! process applies the allocations to a store on disk and builds a snapshot
+//! (keeping a copy of the store as it was a few thousand entries earlier);
 //! a second, fresh process (so that its peak is the install's alone) opens an
 //! empty store, receives that snapshot as openraft hands it over and installs
 //! it, then prints the time until it serves, the time until sled's tree is
 //! rewritten from it behind, and its resident memory before, once serving
-//! and at the peak (VmHWM). Prints figures; asserts nothing
+//! and at the peak (VmHWM). A third does the same on the copy: a follower
+//! that fell behind, loads its own state at start and installs over it.
+//! Prints figures; asserts nothing
 //! (`cargo bench -p ipkeep-store --bench snapshot_install`; set
 //! `IPKEEP_INSTALL_LIVE` for another size than a million).
 
@@ -19,7 +22,7 @@ use ipkeep_store::types::{Entry, LogId, SnapshotMeta};
 use ipkeep_store::Command;
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{CommittedLeaderId, EntryPayload};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod common;
 use common::status_kib;
@@ -27,6 +30,8 @@ use common::status_kib;
 const STAGE_ENV: &str = "IPKEEP_INSTALL_STAGE";
 const LIVE_ENV: &str = "IPKEEP_INSTALL_LIVE";
 const ENTRIES_PER_APPLY: usize = 1_000;
+/// Allocations the lagging copy misses.
+const BEHIND: usize = 5_000;
 
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
@@ -61,29 +66,52 @@ fn add(i: usize) -> Command {
     }
 }
 
-async fn build(dir: &Path, live: usize) -> (PathBuf, SnapshotMeta) {
-    let (_log, mut machine) =
-        storage::open(&dir.join("source"), &StorageOptions::default()).expect("open source");
-    let subnet = Command::CreateSubnet {
-        spec: SubnetSpec::plain("pods", "10.64.0.0/12".parse().expect("cidr")),
-    };
-    machine
-        .apply(vec![entry(1, subnet)])
-        .await
-        .expect("apply subnet");
-    let mut index = 2;
-    let mut i = 0;
-    while i < live {
-        let n = ENTRIES_PER_APPLY.min(live - i);
-        let entries: Vec<Entry> = (0..n)
-            .map(|k| {
-                index += 1;
-                entry(index - 1, add(i + k))
-            })
-            .collect();
+/// Copies a closed store's directory.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create copy directory");
+    for entry in std::fs::read_dir(from).expect("read store directory") {
+        let entry = entry.expect("directory entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy a store file");
+        }
+    }
+}
+
+/// Applies allocations `from..to` to a store, entry index = allocation + 2.
+async fn apply_adds(dir: &Path, from: usize, to: usize) {
+    let (log, mut machine) = storage::open(dir, &StorageOptions::default()).expect("open source");
+    if from == 0 {
+        let subnet = Command::CreateSubnet {
+            spec: SubnetSpec::plain("pods", "10.64.0.0/12".parse().expect("cidr")),
+        };
+        machine
+            .apply(vec![entry(1, subnet)])
+            .await
+            .expect("apply subnet");
+    }
+    let mut i = from;
+    while i < to {
+        let n = ENTRIES_PER_APPLY.min(to - i);
+        let entries: Vec<Entry> = (i..i + n).map(|k| entry(k as u64 + 2, add(k))).collect();
         machine.apply(entries).await.expect("apply adds");
         i += n;
     }
+    // Closing the store waits for its writer: the directory is whole after.
+    drop(log);
+    drop(machine);
+}
+
+async fn build(dir: &Path, live: usize) -> (PathBuf, SnapshotMeta) {
+    let source = dir.join("source");
+    let behind = live.saturating_sub(BEHIND);
+    apply_adds(&source, 0, behind).await;
+    copy_dir(&source, &dir.join("behind"));
+    apply_adds(&source, behind, live).await;
+    let (_log, mut machine) =
+        storage::open(&source, &StorageOptions::default()).expect("open source");
     let started = Instant::now();
     let snapshot = machine
         .get_snapshot_builder()
@@ -103,19 +131,40 @@ async fn build(dir: &Path, live: usize) -> (PathBuf, SnapshotMeta) {
     (file, snapshot.meta)
 }
 
-async fn install(dir: &Path, file: &Path, meta: &SnapshotMeta) {
-    let (log, mut machine) =
-        storage::open(&dir.join("target"), &StorageOptions::default()).expect("open target");
+/// Installs the snapshot in the store at `store` (empty, or the copy left
+/// behind) as a follower does, and prints what it took.
+async fn install(store: &Path, file: &Path, meta: &SnapshotMeta) {
+    let opened = Instant::now();
+    let (log, mut machine) = storage::open(store, &StorageOptions::default()).expect("open target");
+    let (own, _) = machine.applied_state().await.expect("own applied state");
+    println!(
+        "{}: opened in {:.0} ms, applied up to {:?}",
+        store.display(),
+        opened.elapsed().as_secs_f64() * 1e3,
+        own.map(|l| l.index)
+    );
     let before = status_kib("VmRSS");
     let started = Instant::now();
+
     // Received as openraft receives it: chunks written into the file the
     // store handed out.
     let mut receiving = machine.begin_receiving_snapshot().await.expect("begin");
-    let bytes = tokio::fs::read(file).await.expect("read sent snapshot");
-    for chunk in bytes.chunks(1 << 20) {
-        receiving.write_all(chunk).await.expect("receive chunk");
+    // A chunk at a time, as from the network: the whole file read at once
+    // would be the peak of the node that fell behind.
+    let mut sent = tokio::fs::File::open(file)
+        .await
+        .expect("open sent snapshot");
+    let mut chunk = vec![0u8; 1 << 20];
+    loop {
+        let n = sent.read(&mut chunk).await.expect("read sent snapshot");
+        if n == 0 {
+            break;
+        }
+        receiving
+            .write_all(&chunk[..n])
+            .await
+            .expect("receive chunk");
     }
-    drop(bytes);
     machine
         .install_snapshot(meta, receiving)
         .await
@@ -141,6 +190,8 @@ async fn install(dir: &Path, file: &Path, meta: &SnapshotMeta) {
 }
 
 fn main() {
+    // As the daemon does.
+    storage::use_one_arena();
     let live: usize = std::env::var(LIVE_ENV)
         .ok()
         .and_then(|v| v.parse().ok())
@@ -159,11 +210,11 @@ fn main() {
                 let json = serde_json::to_vec(&meta).expect("meta to json");
                 std::fs::write(&meta_path, json).expect("write meta");
             }),
-            _ => runtime.block_on(async {
+            store => runtime.block_on(async {
                 let meta: SnapshotMeta =
                     serde_json::from_slice(&std::fs::read(&meta_path).expect("read meta"))
                         .expect("meta from json");
-                install(&dir, &dir.join("sent.snap"), &meta).await;
+                install(&dir.join(store), &dir.join("sent.snap"), &meta).await;
             }),
         }
         std::io::stdout().flush().ok();
@@ -171,7 +222,8 @@ fn main() {
     }
     let dir = tempfile::tempdir().expect("temporary directory");
     let me = std::env::current_exe().expect("own path");
-    for stage in ["build", "install"] {
+    // "target" is a new, empty store; "behind" the copy left behind.
+    for stage in ["build", "target", "behind"] {
         let status = std::process::Command::new(&me)
             .arg(dir.path())
             .env(STAGE_ENV, stage)

@@ -111,6 +111,16 @@ pub fn add_del_rows(socket: &Path, subnet: &str, clients: usize, calls: usize) -
     ]
 }
 
+/// ADDs then DELs `count` containers (`churn-FIRST` onward) from `clients`
+/// connections: Raft entries that leave the live level where it was.
+/// Returns the calls that failed.
+pub fn churn(socket: &Path, subnet: &str, clients: usize, first: usize, count: usize) -> usize {
+    let name = |i: usize| format!("churn-{i}");
+    let adds = run(socket, clients, first, count, &|i| add(subnet, name(i)));
+    let dels = run(socket, clients, first, count, &|i| del(name(i)));
+    adds.failures + dels.failures
+}
+
 /// Allocates `count` addresses (containers `fill-FIRST` onward) and returns
 /// how many failed and how long it took.
 pub fn fill(

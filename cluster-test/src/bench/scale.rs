@@ -26,6 +26,11 @@ const PROBE_CALLS: usize = 200;
 const LIMIT: Duration = Duration::from_secs(300);
 /// Longest wait for the daemons to go idle after a fill.
 const SETTLE_LIMIT: Duration = Duration::from_secs(60);
+/// Writes per round, and their clients, while a follower is down: few
+/// clients, so that the writes make many Raft entries (each its own or
+/// nearly) and the leader snapshots and purges soon.
+const CHURN_ROUND: usize = 2_000;
+const CHURN_CLIENTS: usize = 2;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ScaleRow {
@@ -51,6 +56,12 @@ pub struct ScaleRow {
     pub rejoin_peak_mib: Option<f64>,
     /// kill -9 of a follower, restart, until an ADD through it is acknowledged.
     pub restart_to_serving_ms: Option<f64>,
+    /// A follower down while the others write past its log: from its
+    /// restart to caught up, the snapshot install inside it (over the state
+    /// it loaded from its own disk), and its peak resident memory (VmHWM).
+    pub lagged_catch_up_ms: Option<f64>,
+    pub lagged_install_ms: Option<u64>,
+    pub lagged_peak_mib: Option<f64>,
     /// Sequential ADDs through the exec'd plugin on the leader's node.
     pub add_p50_ms: f64,
     pub add_p99_ms: f64,
@@ -198,6 +209,74 @@ fn rejoin(cluster: &mut Cluster, victim: u64) -> Option<Rejoined> {
     })
 }
 
+/// A follower that comes back after the leader purged the log it missed:
+/// from its restart to caught up, the install, and the daemon's peak memory.
+struct Lagged {
+    catch_up_ms: f64,
+    install_ms: Option<u64>,
+    peak_mib: Option<f64>,
+}
+
+/// kill -9 of `victim`; the cluster goes on writing (ADD then DEL, the live
+/// level unchanged) until the leader has purged the entry after the
+/// victim's last; then the victim restarts. It loads its own state from
+/// disk and can catch up only by installing the leader's snapshot over
+/// it: the case in which a daemon holds two states at once. `None` when
+/// any step does not happen within its limit.
+fn lag_and_return(cluster: &mut Cluster, victim: u64) -> Option<Lagged> {
+    let seen = cluster.status(victim)?;
+    let last = seen.last_log_index.max(seen.last_applied)?;
+    cluster.kill9(victim);
+    let started = Instant::now();
+    let mut round = 0;
+    loop {
+        let leader = cluster.wait_for_leader(LIMIT);
+        let purged = cluster.status(leader).and_then(|s| s.purged_index);
+        if purged.is_some_and(|p| p > last) {
+            break;
+        }
+        if started.elapsed() > LIMIT {
+            eprintln!("bench: the leader did not purge past {last} in {LIMIT:?}");
+            return None;
+        }
+        let socket = cluster.node(leader).socket();
+        api::churn(
+            &socket,
+            SUBNET,
+            CHURN_CLIENTS,
+            round * CHURN_ROUND,
+            CHURN_ROUND,
+        );
+        round += 1;
+    }
+    eprintln!(
+        "bench: leader purged past node {victim}'s log after {} churn writes",
+        round * CHURN_ROUND * 2
+    );
+    let started = Instant::now();
+    cluster.spawn(victim);
+    cluster.wait_serving(victim, LIMIT);
+    if !cluster.wait_caught_up(LIMIT) {
+        return None;
+    }
+    let catch_up_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let install_ms = cluster
+        .status(victim)
+        .and_then(|s| s.last_snapshot_installed)
+        .filter(|t| t.index > last)
+        .map(|t| t.millis);
+    let peak_mib = cluster
+        .node(victim)
+        .pid()
+        .and_then(|pid| crate::procfs::status_kib(pid, "VmHWM"))
+        .map(|kib| kib as f64 / 1024.0);
+    Some(Lagged {
+        catch_up_ms,
+        install_ms,
+        peak_mib,
+    })
+}
+
 /// kill -9 of `victim`, restart, ADDs through it until one is acknowledged.
 fn restart_to_serving(cluster: &mut Cluster, victim: u64, log_dir: &Path) -> Option<f64> {
     cluster.kill9(victim);
@@ -267,6 +346,7 @@ pub fn measure(cluster: &mut Cluster, levels: &[usize], log_dir: &Path) -> Vec<S
             .first()
             .and_then(|&f| restart_to_serving(cluster, f, log_dir));
         let rejoined = followers.last().and_then(|&f| rejoin(cluster, f));
+        let lagged = followers.first().and_then(|&f| lag_and_return(cluster, f));
         rows.push(ScaleRow {
             live: level,
             fill_failures,
@@ -285,6 +365,9 @@ pub fn measure(cluster: &mut Cluster, levels: &[usize], log_dir: &Path) -> Vec<S
             snapshot_install_ms: rejoined.as_ref().and_then(|r| r.install_ms),
             rejoin_peak_mib: rejoined.as_ref().and_then(|r| r.peak_mib),
             restart_to_serving_ms,
+            lagged_catch_up_ms: lagged.as_ref().map(|l| l.catch_up_ms),
+            lagged_install_ms: lagged.as_ref().and_then(|l| l.install_ms),
+            lagged_peak_mib: lagged.as_ref().and_then(|l| l.peak_mib),
             add_p50_ms,
             add_p99_ms,
             add_failures,
@@ -299,7 +382,7 @@ fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
 
 pub fn table(rows: &[ScaleRow]) -> String {
     let mut out = format!(
-        "{:>9} {:>8} {:>9} {:>9} {:>8} {:>9} {:>9} {:>8} {:>9} {:>10} {:>9} {:>10} {:>8} {:>8} {:>6}\n",
+        "{:>9} {:>8} {:>9} {:>9} {:>8} {:>9} {:>9} {:>8} {:>9} {:>10} {:>9} {:>10} {:>9} {:>9} {:>9} {:>8} {:>8} {:>6}\n",
         "live",
         "fill/s",
         "rss MiB",
@@ -312,13 +395,16 @@ pub fn table(rows: &[ScaleRow]) -> String {
         "install ms",
         "peak MiB",
         "restart ms",
+        "lagged ms",
+        "lag inst",
+        "lag peak",
         "ADD p50",
         "ADD p99",
         "fails"
     );
     for r in rows {
         out.push_str(&format!(
-            "{:>9} {:>8.0} {:>9.1} {:>9.1} {:>8.1} {:>9} {:>9} {:>8} {:>9} {:>10} {:>9} {:>10} {:>8.2} {:>8.2} {:>6}\n",
+            "{:>9} {:>8.0} {:>9.1} {:>9.1} {:>8.1} {:>9} {:>9} {:>8} {:>9} {:>10} {:>9} {:>10} {:>9} {:>9} {:>9} {:>8.2} {:>8.2} {:>6}\n",
             r.live,
             r.fill_per_s,
             r.leader_rss_mib,
@@ -331,6 +417,9 @@ pub fn table(rows: &[ScaleRow]) -> String {
             opt(r.snapshot_install_ms),
             opt(r.rejoin_peak_mib.map(|m| format!("{m:.1}"))),
             opt(r.restart_to_serving_ms.map(|m| format!("{m:.0}"))),
+            opt(r.lagged_catch_up_ms.map(|m| format!("{m:.0}"))),
+            opt(r.lagged_install_ms),
+            opt(r.lagged_peak_mib.map(|m| format!("{m:.1}"))),
             r.add_p50_ms,
             r.add_p99_ms,
             r.add_failures
