@@ -19,6 +19,9 @@ fn init_logging(args: &Args) {
 }
 
 fn main() -> ExitCode {
+    // Before any thread starts (see its doc: a replaced state's memory is
+    // reused by the state replacing it).
+    ipkeep_store::storage::use_one_arena();
     let argv: Vec<String> = std::env::args().collect();
     if let Some(path) = config::config_file_in(&argv) {
         if let Err(e) = config::load_env_file(&path) {

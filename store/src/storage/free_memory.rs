@@ -16,3 +16,33 @@ pub fn release() {
         libc::malloc_trim(0);
     }
 }
+
+/// Environment variable with which an operator chooses glibc's arena count
+/// themselves; [`use_one_arena`] then leaves it alone.
+const ARENA_ENV: &str = "MALLOC_ARENA_MAX";
+
+/// Makes every thread of the process allocate from one glibc arena. Call it
+/// first thing in `main`, before any thread starts.
+///
+/// By default glibc gives threads that allocate at the same time arenas of
+/// their own, and memory freed into one arena serves only allocations from
+/// that arena. The daemon's large states are built on different threads
+/// (loaded at start on one, installed from a snapshot on a blocking-pool
+/// thread), so the memory a replaced state freed was never reused by the
+/// state replacing it: a follower that fell behind held 412 MiB once it had
+/// installed a million allocations over its own state, and 272 MiB with one
+/// arena (`cargo bench -p ipkeep-store --bench snapshot_install`). Small
+/// allocations are served from glibc's per-thread caches without the
+/// arena's lock; the node-API benchmark measures what the shared lock
+/// costs. An operator's `MALLOC_ARENA_MAX` takes precedence.
+pub fn use_one_arena() {
+    if std::env::var_os(ARENA_ENV).is_some() {
+        return;
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a tunable of the allocator; called before
+    // other threads exist, nothing allocates concurrently.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}

@@ -38,6 +38,7 @@ use std::fs;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
+pub use free_memory::use_one_arena;
 pub use log_store::LogStore;
 pub use snapshot_file::SnapshotFileError;
 pub use state_machine::{Machine, SharedMachine, SnapshotBuilder, StateMachineStore};

@@ -193,18 +193,18 @@ fn a_snapshot_install_waits_for_older_queued_writes_so_they_cannot_undo_it() {
     assert_eq!(records(&reopened), expected);
 }
 
-#[test]
-fn a_snapshot_whose_records_contradict_each_other_is_refused_with_nothing_changed() {
-    // A state with an allocation, its subnet's record left out of the
-    // snapshot: the allocation then holds an address in no known subnet.
+/// A snapshot up to entry `index` whose records contradict each other: an
+/// allocation with its subnet's record left out, so that it holds an
+/// address in no known subnet.
+fn orphan_snapshot(index: u64) -> (SnapshotMeta, Vec<u8>) {
     let mut state = State::default();
     let mut journal = Vec::new();
     state.apply(&create_subnet(), &mut journal);
     state.apply(&add("orphan"), &mut journal);
     let meta = SnapshotMeta {
-        last_log_id: Some(LogId::new(CommittedLeaderId::new(1, 1), 2)),
+        last_log_id: Some(LogId::new(CommittedLeaderId::new(1, 1), index)),
         last_membership: StoredMembership::default(),
-        snapshot_id: "1-1-2".into(),
+        snapshot_id: format!("1-1-{index}"),
     };
     let bytes = snapshot_file::encode(
         &meta,
@@ -213,6 +213,41 @@ fn a_snapshot_whose_records_contradict_each_other_is_refused_with_nothing_change
             .filter(|r| !matches!(r, Record::Subnet(_)))
             .map(|r| (r.key(), r.value())),
     );
+    (meta, bytes)
+}
+
+#[test]
+fn a_refused_snapshot_leaves_the_state_held_before_it_serving() {
+    // The install drops the state it replaces before building the new one;
+    // when the new one is refused, the old must come back whole, including
+    // changes still queued for the tree when the install began.
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, store) = storage::open(dir.path(), &StorageOptions::default()).unwrap();
+    let (follower, open) = held_shut(&store);
+    follower
+        .apply_sync(vec![entry(1, create_subnet())])
+        .unwrap();
+    for i in 0..40u64 {
+        follower
+            .apply_sync(vec![entry(i + 2, add(&format!("held{i}")))])
+            .unwrap();
+    }
+    let before = records(&follower);
+    assert_eq!(before.0.map(|l| l.index), Some(41));
+    // The queued writes land while the install runs.
+    open.send(()).unwrap();
+    let (meta, bytes) = orphan_snapshot(100);
+    let refused = install_bytes(&follower, dir.path(), &meta, &bytes);
+    assert!(refused.is_err(), "an inconsistent snapshot installed");
+    assert_eq!(records(&follower), before);
+    // And it goes on deciding from it.
+    follower.apply_sync(vec![entry(42, add("after"))]).unwrap();
+    assert_eq!(follower.inner.machine.read().state.allocation_count(), 41);
+}
+
+#[test]
+fn a_snapshot_whose_records_contradict_each_other_is_refused_with_nothing_changed() {
+    let (meta, bytes) = orphan_snapshot(2);
 
     let dir = tempfile::tempdir().unwrap();
     {
@@ -353,4 +388,41 @@ fn a_crash_before_the_tree_is_rewritten_restores_the_installed_snapshot_at_start
     }
     let (_log, reopened) = storage::open(dir.path(), &StorageOptions::default()).unwrap();
     assert_eq!(records(&reopened), snapshot_state);
+}
+
+#[test]
+fn a_reader_waiting_on_an_install_leaves_the_runtime_running() {
+    // An install holds the state's write lock for a second or more at a
+    // million allocations. A reader on the runtime's only worker must hand
+    // the worker over while it waits, or every other task (Raft's
+    // heartbeats among them) stops with it.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .build()
+        .unwrap();
+    let machine = SharedMachine::default();
+    let installing = machine.write();
+    let (started, reader_started) = mpsc::channel();
+    let reader = {
+        let machine = machine.clone();
+        runtime.spawn(async move {
+            started.send(()).unwrap();
+            // No await between here and the read: the task keeps the worker.
+            machine.read().last_applied
+        })
+    };
+    reader_started
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the reader never ran");
+    let (ran, other_ran) = mpsc::channel();
+    runtime.spawn(async move {
+        ran.send(()).unwrap();
+    });
+    let outcome = other_ran.recv_timeout(Duration::from_secs(10));
+    drop(installing);
+    assert!(
+        outcome.is_ok(),
+        "a reader waiting on the state's lock stopped the runtime"
+    );
+    assert_eq!(runtime.block_on(reader).unwrap(), None);
 }
