@@ -1,6 +1,7 @@
 //! Starting, running and stopping a node.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use ipkeep_store::storage::{self, StorageOptions};
@@ -122,21 +123,31 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let (log_store, state_machine) = storage::open(&args.data_dir, &options)?;
     let machine = state_machine.shared();
     let snapshot_stats = state_machine.snapshot_stats();
+    let installs = state_machine.installs();
     let log_sync = log_store.clone();
     let log_view = log_store.clone();
     let network = PeerNetwork {
         secret: secret.clone(),
         my_id: args.node_id,
     };
+    let config = Arc::new(raft_config(&args)?);
     let raft = Raft::new(
         args.node_id,
-        Arc::new(raft_config(&args)?),
+        config.clone(),
         network,
         log_store,
         state_machine,
     )
     .await
     .context("starting raft")?;
+    tokio::spawn({
+        let raft = raft.clone();
+        crate::elections::hold_during_installs(
+            installs,
+            Duration::from_millis(config.election_timeout_min),
+            move |on| raft.runtime_config().elect(on),
+        )
+    });
 
     let metrics = Metrics::default();
     let writes = {

@@ -6,6 +6,7 @@ pub mod bootstrap;
 pub mod config;
 pub mod daemon;
 pub mod disk;
+pub mod elections;
 pub mod expiry;
 pub mod metrics;
 pub mod metrics_server;

@@ -62,6 +62,9 @@ pub struct ScaleRow {
     pub lagged_catch_up_ms: Option<f64>,
     pub lagged_install_ms: Option<u64>,
     pub lagged_peak_mib: Option<f64>,
+    /// Terms the cluster went through from that restart to caught up: 0
+    /// unless an election took place (the returning node's, say).
+    pub lagged_new_terms: Option<u64>,
     /// Sequential ADDs through the exec'd plugin on the leader's node.
     pub add_p50_ms: f64,
     pub add_p99_ms: f64,
@@ -213,6 +216,7 @@ fn rejoin(cluster: &mut Cluster, victim: u64) -> Option<Rejoined> {
 /// from its restart to caught up, the install, and the daemon's peak memory.
 struct Lagged {
     catch_up_ms: f64,
+    new_terms: Option<u64>,
     install_ms: Option<u64>,
     peak_mib: Option<f64>,
 }
@@ -253,6 +257,11 @@ fn lag_and_return(cluster: &mut Cluster, victim: u64) -> Option<Lagged> {
         "bench: leader purged past node {victim}'s log after {} churn writes",
         round * CHURN_ROUND * 2
     );
+    let term = |cluster: &Cluster| {
+        let leader = cluster.wait_for_leader(LIMIT);
+        cluster.status(leader).map(|s| s.term)
+    };
+    let term_before = term(cluster);
     let started = Instant::now();
     cluster.spawn(victim);
     cluster.wait_serving(victim, LIMIT);
@@ -260,6 +269,9 @@ fn lag_and_return(cluster: &mut Cluster, victim: u64) -> Option<Lagged> {
         return None;
     }
     let catch_up_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let new_terms = term(cluster)
+        .zip(term_before)
+        .map(|(after, before)| after.saturating_sub(before));
     let install_ms = cluster
         .status(victim)
         .and_then(|s| s.last_snapshot_installed)
@@ -272,6 +284,7 @@ fn lag_and_return(cluster: &mut Cluster, victim: u64) -> Option<Lagged> {
         .map(|kib| kib as f64 / 1024.0);
     Some(Lagged {
         catch_up_ms,
+        new_terms,
         install_ms,
         peak_mib,
     })
@@ -368,6 +381,7 @@ pub fn measure(cluster: &mut Cluster, levels: &[usize], log_dir: &Path) -> Vec<S
             lagged_catch_up_ms: lagged.as_ref().map(|l| l.catch_up_ms),
             lagged_install_ms: lagged.as_ref().and_then(|l| l.install_ms),
             lagged_peak_mib: lagged.as_ref().and_then(|l| l.peak_mib),
+            lagged_new_terms: lagged.as_ref().and_then(|l| l.new_terms),
             add_p50_ms,
             add_p99_ms,
             add_failures,
@@ -382,7 +396,7 @@ fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
 
 pub fn table(rows: &[ScaleRow]) -> String {
     let mut out = format!(
-        "{:>9} {:>8} {:>9} {:>9} {:>8} {:>9} {:>9} {:>8} {:>9} {:>10} {:>9} {:>10} {:>9} {:>9} {:>9} {:>8} {:>8} {:>6}\n",
+        "{:>9} {:>8} {:>9} {:>9} {:>8} {:>9} {:>9} {:>8} {:>9} {:>10} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>6}\n",
         "live",
         "fill/s",
         "rss MiB",
@@ -398,13 +412,14 @@ pub fn table(rows: &[ScaleRow]) -> String {
         "lagged ms",
         "lag inst",
         "lag peak",
+        "lag terms",
         "ADD p50",
         "ADD p99",
         "fails"
     );
     for r in rows {
         out.push_str(&format!(
-            "{:>9} {:>8.0} {:>9.1} {:>9.1} {:>8.1} {:>9} {:>9} {:>8} {:>9} {:>10} {:>9} {:>10} {:>9} {:>9} {:>9} {:>8.2} {:>8.2} {:>6}\n",
+            "{:>9} {:>8.0} {:>9.1} {:>9.1} {:>8.1} {:>9} {:>9} {:>8} {:>9} {:>10} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>8.2} {:>8.2} {:>6}\n",
             r.live,
             r.fill_per_s,
             r.leader_rss_mib,
@@ -420,6 +435,7 @@ pub fn table(rows: &[ScaleRow]) -> String {
             opt(r.lagged_catch_up_ms.map(|m| format!("{m:.0}"))),
             opt(r.lagged_install_ms),
             opt(r.lagged_peak_mib.map(|m| format!("{m:.1}"))),
+            opt(r.lagged_new_terms),
             r.add_p50_ms,
             r.add_p99_ms,
             r.add_failures

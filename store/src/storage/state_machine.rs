@@ -19,6 +19,7 @@ use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 use serde::de::DeserializeOwned;
 use tokio::runtime::RuntimeFlavor;
+use tokio::sync::watch;
 
 use super::free_memory;
 use super::snapshot_file::{self, SnapshotFileError};
@@ -111,6 +112,25 @@ struct Inner {
     /// or opened, so that a meta and a file handed out always match.
     current: Mutex<Option<SnapshotMeta>>,
     stats: SnapshotStats,
+    /// True while a snapshot install runs (see [`StateMachineStore::installs`]).
+    installing: watch::Sender<bool>,
+}
+
+/// Raises `installing` for as long as it lives, whatever way the install
+/// ends.
+struct Installing<'a>(&'a watch::Sender<bool>);
+
+impl<'a> Installing<'a> {
+    fn raise(flag: &'a watch::Sender<bool>) -> Self {
+        flag.send_replace(true);
+        Installing(flag)
+    }
+}
+
+impl Drop for Installing<'_> {
+    fn drop(&mut self) {
+        self.0.send_replace(false);
+    }
 }
 
 /// openraft's state machine storage. Cloning is cheap; clones share one store.
@@ -350,6 +370,7 @@ impl StateMachineStore {
                 machine: SharedMachine(Arc::new(RwLock::new(machine))),
                 current: Mutex::new(current),
                 stats: SnapshotStats::default(),
+                installing: watch::Sender::new(false),
             }),
         })
     }
@@ -362,6 +383,16 @@ impl StateMachineStore {
     /// The writer of the state tree, for the log store's clean shutdown.
     pub(super) fn writer(&self) -> Arc<StateWriter> {
         self.inner.writer.clone()
+    }
+
+    /// True while this node installs a snapshot from the leader. The leader
+    /// sends this node nothing until the install has answered (its
+    /// heartbeats go the same way as the snapshot), so a voter whose install
+    /// outlasts its election timeout (about a second at a million
+    /// allocations) would start an election and depose a healthy leader;
+    /// the daemon holds its elections off meanwhile.
+    pub fn installs(&self) -> watch::Receiver<bool> {
+        self.inner.installing.subscribe()
     }
 
     /// The in-memory state machine, for the daemon's reads.
@@ -549,6 +580,7 @@ impl StateMachineStore {
         meta: &SnapshotMeta,
         mut received: fs::File,
     ) -> Result<(), StorageError> {
+        let _installing = Installing::raise(&self.inner.installing);
         let started = std::time::Instant::now();
         let sig = Some(meta.signature());
         let err = |e: &dyn std::error::Error| {

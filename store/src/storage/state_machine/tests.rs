@@ -82,6 +82,7 @@ fn with_sink(store: &StateMachineStore, sink: impl Sink) -> StateMachineStore {
             machine: inner.machine.clone(),
             current: Mutex::new(store.current().clone()),
             stats: SnapshotStats::default(),
+            installing: inner.installing.clone(),
         }),
     }
 }
@@ -425,4 +426,45 @@ fn a_reader_waiting_on_an_install_leaves_the_runtime_running() {
         "a reader waiting on the state's lock stopped the runtime"
     );
     assert_eq!(runtime.block_on(reader).unwrap(), None);
+}
+
+#[test]
+fn the_install_flag_is_up_while_an_install_runs_and_down_however_it_ends() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let (meta, snapshot_bytes, _) = snapshot_of(50);
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, store) = storage::open(dir.path(), &StorageOptions::default()).unwrap();
+    let (follower, open) = held_shut(&store);
+    let mut installs = follower.installs();
+    assert!(!*installs.borrow_and_update());
+    // A write the writer holds: the install waits for it, flag up.
+    follower
+        .apply_sync(vec![entry(1, create_subnet())])
+        .unwrap();
+    let received = dir.path().join("received.snap");
+    fs::write(&received, &snapshot_bytes).unwrap();
+    let installing = {
+        let (follower, meta) = (follower.clone(), meta.clone());
+        std::thread::spawn(move || follower.install_sync(&meta, fs::File::open(received).unwrap()))
+    };
+    runtime
+        .block_on(async {
+            tokio::time::timeout(Duration::from_secs(10), installs.wait_for(|up| *up))
+                .await
+                .map(|seen| seen.map(|_| ()))
+        })
+        .expect("the flag did not go up while the install ran")
+        .unwrap();
+    open.send(()).unwrap();
+    installing.join().unwrap().unwrap();
+    assert!(!*installs.borrow_and_update(), "the flag stayed up");
+
+    // A refused install lowers it too.
+    let (meta, bytes) = orphan_snapshot(1_000);
+    assert!(install_bytes(&follower, dir.path(), &meta, &bytes).is_err());
+    assert!(installs.has_changed().unwrap(), "the flag never went up");
+    assert!(!*installs.borrow_and_update(), "the flag stayed up");
 }

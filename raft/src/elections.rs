@@ -1,0 +1,103 @@
+//! Holds this node's elections off while it installs a snapshot.
+//!
+//! openraft 0.9 sends a follower nothing while a snapshot to it is
+//! outstanding, heartbeats included: they go through the same replication
+//! stream, which waits for the install's answer. A voter whose install
+//! outlasts its election timeout (leader lease plus 300-600 ms; a million
+//! allocations take 1.3 to 2 s to install) therefore started an election as
+//! soon as it was done, and its higher term deposed the healthy leader:
+//! writes stopped for a new election after every such install (seen in
+//! `ipkeep-bench --scale`, a follower restarted after the leader had purged
+//! its log). The node still grants votes meanwhile; it only does not ask.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+/// Turns elections off (`set_elect(false)`) when `installs` goes up, and on
+/// again `grace` after it comes down, unless another install began within
+/// it. The grace covers the round trip in which the leader hears the
+/// install's answer and sends again: until its next message arrives, the
+/// election timer still counts from before the install. Returns when the
+/// store is gone.
+pub async fn hold_during_installs(
+    mut installs: watch::Receiver<bool>,
+    grace: Duration,
+    set_elect: impl Fn(bool),
+) {
+    loop {
+        if installs.wait_for(|up| *up).await.is_err() {
+            return;
+        }
+        set_elect(false);
+        tracing::info!("installing a snapshot: this node starts no election until it is done");
+        loop {
+            if installs.wait_for(|up| !*up).await.is_err() {
+                return;
+            }
+            match tokio::time::timeout(grace, installs.wait_for(|up| *up)).await {
+                // No new install within the grace.
+                Err(_) => break,
+                Ok(Ok(_)) => continue,
+                Ok(Err(_)) => return,
+            }
+        }
+        set_elect(true);
+        tracing::info!("snapshot installed: elections back on");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::mpsc;
+
+    const GRACE: Duration = Duration::from_millis(50);
+    const LIMIT: Duration = Duration::from_secs(10);
+
+    async fn next(rx: &mut mpsc::UnboundedReceiver<bool>) -> bool {
+        tokio::time::timeout(LIMIT, rx.recv())
+            .await
+            .expect("no change of the election switch")
+            .expect("the holder stopped")
+    }
+
+    #[tokio::test]
+    async fn elections_are_off_during_an_install_and_on_again_after_a_grace() {
+        let (installs, watching) = watch::channel(false);
+        let (switched, mut switches) = mpsc::unbounded_channel();
+        let holder = tokio::spawn(hold_during_installs(watching, GRACE, move |on| {
+            let _ = switched.send(on);
+        }));
+
+        installs.send_replace(true);
+        assert!(!next(&mut switches).await, "elections stayed on");
+        let done = tokio::time::Instant::now();
+        installs.send_replace(false);
+        assert!(next(&mut switches).await, "elections stayed off");
+        assert!(
+            done.elapsed() >= GRACE,
+            "elections back on before the grace"
+        );
+
+        // A second install inside the grace keeps them off until it is done.
+        installs.send_replace(true);
+        assert!(!next(&mut switches).await);
+        installs.send_replace(false);
+        installs.send_replace(true);
+        assert!(
+            tokio::time::timeout(GRACE * 4, switches.recv())
+                .await
+                .is_err(),
+            "elections came back on during an install"
+        );
+        installs.send_replace(false);
+        assert!(next(&mut switches).await);
+
+        drop(installs);
+        tokio::time::timeout(LIMIT, holder)
+            .await
+            .expect("the holder outlived the store")
+            .unwrap();
+    }
+}
