@@ -1,6 +1,7 @@
 //! What installing a snapshot of many live allocations costs a node: one
 //! process applies the allocations to a store on disk and builds a snapshot
-//! (keeping a copy of the store as it was a few thousand entries earlier);
+//! (keeping a copy of the store as it was a few thousand entries earlier),
+//! and prints the build's time and peak resident memory;
 //! a second, fresh process (so that its peak is the install's alone) opens an
 //! empty store, receives that snapshot as openraft hands it over and installs
 //! it, then prints the time until it serves, the time until sled's tree is
@@ -112,6 +113,10 @@ async fn build(dir: &Path, live: usize) -> (PathBuf, SnapshotMeta) {
     apply_adds(&source, behind, live).await;
     let (_log, mut machine) =
         storage::open(&source, &StorageOptions::default()).expect("open source");
+    // The peak from here on is the build's (writing 5 to clear_refs resets
+    // VmHWM to the current resident size).
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let before = status_kib("VmRSS");
     let started = Instant::now();
     let snapshot = machine
         .get_snapshot_builder()
@@ -124,9 +129,12 @@ async fn build(dir: &Path, live: usize) -> (PathBuf, SnapshotMeta) {
     let mut out = std::fs::File::create(&file).expect("create copy");
     std::io::copy(&mut data, &mut out).expect("copy snapshot");
     println!(
-        "built a snapshot of {live} allocations in {:.0} ms: {:.1} MiB",
+        "built a snapshot of {live} allocations in {:.0} ms: {:.1} MiB; \
+         resident {:.0} MiB before, peak {:.0} MiB while building",
         started.elapsed().as_secs_f64() * 1e3,
-        out.metadata().map_or(0, |m| m.len()) as f64 / (1 << 20) as f64
+        out.metadata().map_or(0, |m| m.len()) as f64 / (1 << 20) as f64,
+        mib(before),
+        mib(status_kib("VmHWM")),
     );
     (file, snapshot.meta)
 }
