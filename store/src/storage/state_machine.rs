@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use super::free_memory;
 use super::snapshot_file::{self, SnapshotFileError};
 use super::snapshot_stats::SnapshotStats;
-use super::state_writer::{StateWriteError, StateWriter, MAX_MERGED};
+use super::state_writer::{StateWriter, MAX_MERGED};
 use super::OpenError;
 use crate::command::Reply;
 use crate::records::{self, Change, Record, RecordError};
@@ -416,44 +416,6 @@ impl StateMachineStore {
         Ok(self.inner.dir.join(format!("{what}-{id}.tmp")))
     }
 
-    /// Hands the changes journalled so far to the state writer as one
-    /// unit, with the last-applied id (and membership) they bring the tree
-    /// to, and gives the write lock back.
-    fn hand_over<'a>(
-        &'a self,
-        machine: RwLockWriteGuard<'a, Machine>,
-        journal: &mut Vec<Change>,
-        membership_changed: bool,
-        last: LogId,
-    ) -> Result<RwLockWriteGuard<'a, Machine>, StorageError> {
-        let mut unit = std::mem::take(journal);
-        unit.push(Change::Put(
-            APPLIED_KEY.to_vec(),
-            records::encode_value(&machine.last_applied),
-        ));
-        if membership_changed {
-            unit.push(Change::Put(
-                MEMBERSHIP_KEY.to_vec(),
-                records::encode_value(&machine.membership),
-            ));
-        }
-        // A unit's state and its last-applied land together or not at
-        // all (one sled batch), after this apply has answered.
-        let writer = &self.inner.writer;
-        let failed = |e: StateWriteError| StorageIOError::apply(last, &e);
-        if writer.has_room(unit.len()) {
-            writer.submit(unit).map_err(failed)?;
-            return Ok(machine);
-        }
-        // The writer is behind (a tree being rewritten after an install, a
-        // slow disk): wait for it without the lock, so that readers go on
-        // seeing the entries applied so far. Only applies and installs
-        // change the state, one at a time, so nothing else does meanwhile.
-        drop(machine);
-        writer.submit(unit).map_err(failed)?;
-        Ok(self.inner.machine.write())
-    }
-
     fn apply_sync(&self, entries: Vec<Entry>) -> Result<Vec<Reply>, StorageError> {
         let mut machine = self.inner.machine.write();
         let mut journal: Vec<Change> = Vec::new();
@@ -461,6 +423,25 @@ impl StateMachineStore {
         let mut membership_changed = false;
         let Some(last) = entries.last().map(|e| e.log_id) else {
             return Ok(replies);
+        };
+        let submit = |machine: &Machine, journal: &mut Vec<Change>, membership_changed: bool| {
+            let mut unit = std::mem::take(journal);
+            unit.push(Change::Put(
+                APPLIED_KEY.to_vec(),
+                records::encode_value(&machine.last_applied),
+            ));
+            if membership_changed {
+                unit.push(Change::Put(
+                    MEMBERSHIP_KEY.to_vec(),
+                    records::encode_value(&machine.membership),
+                ));
+            }
+            // A unit's state and its last-applied land together or not at
+            // all (one sled batch), after this apply has answered.
+            self.inner
+                .writer
+                .submit(unit)
+                .map_err(|e| StorageIOError::apply(last, &e))
         };
         for entry in entries {
             // Applying an entry twice is not harmless (a DEL between two ADDs
@@ -515,15 +496,14 @@ impl StateMachineStore {
             // boundaries instead: each unit still carries its own
             // last-applied, so the tree stays a prefix of the applied log.
             if journal.len() >= MAX_MERGED {
-                machine = self.hand_over(
-                    machine,
+                submit(
+                    &machine,
                     &mut journal,
                     std::mem::take(&mut membership_changed),
-                    last,
                 )?;
             }
         }
-        drop(self.hand_over(machine, &mut journal, membership_changed, last)?);
+        submit(&machine, &mut journal, membership_changed)?;
         Ok(replies)
     }
 

@@ -24,24 +24,15 @@
 //! the installed state.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 
 use crate::records::Change;
 
-/// Jobs the writer takes in one pass at most, so that a drain is answered
-/// even while applies keep coming.
-const PASS: usize = 1024;
-
-/// Changes queued for the writer before the next apply has to wait: bounds
-/// the memory the queue holds (about 200 bytes a change, so some 6 MiB)
-/// when the disk is slower than the applies. It used to be 1,024 units,
-/// and a unit can be 512 changes: a node that installed a million
-/// allocations and replayed 300,000 more from the log while its tree was
-/// rewritten held about 100 MiB of them. In normal running the writer keeps
-/// up and the queue holds a few units.
-pub const MAX_QUEUED: usize = 32 * 1024;
+/// Applies waiting for the writer before an apply has to wait too: bounds
+/// the memory a slow disk can make the writer hold.
+const QUEUE: usize = 1024;
 
 /// Changes merged into one sled batch at most (a unit handed over is never
 /// split, so one can exceed it; an apply of many entries hands them over in
@@ -100,99 +91,26 @@ impl Sink for sled::Tree {
 
 pub struct StateWriter {
     /// None once dropping: closing the channel ends the thread.
-    jobs: Option<Sender<Job>>,
+    jobs: Option<SyncSender<Job>>,
     thread: Option<thread::JoinHandle<()>>,
     /// The first failed write. Sticky: nothing after it is written, so the
     /// tree stays a prefix of the applied entries.
     failure: Arc<Mutex<Option<String>>>,
-    queue: Arc<Queue>,
-    max_queued: usize,
-}
-
-/// The changes submitted and not yet written (or skipped after a failure).
-#[derive(Default)]
-struct Queue {
-    state: Mutex<Queued>,
-    shrunk: Condvar,
-}
-
-#[derive(Default)]
-struct Queued {
-    changes: usize,
-    /// The writer thread has ended (or panicked): nothing will shrink the
-    /// queue again, so nobody may wait for it.
-    closed: bool,
-}
-
-impl Queue {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Queued> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn release(&self, changes: usize) {
-        if changes == 0 {
-            return;
-        }
-        let mut queued = self.lock();
-        queued.changes = queued.changes.saturating_sub(changes);
-        self.shrunk.notify_all();
-    }
-
-    fn close(&self) {
-        self.lock().closed = true;
-        self.shrunk.notify_all();
-    }
-}
-
-/// Closes the queue however the writer thread ends.
-struct CloseOnExit(Arc<Queue>);
-
-impl Drop for CloseOnExit {
-    fn drop(&mut self) {
-        self.0.close();
-    }
-}
-
-/// A unit fits if the queue is empty (one larger than the whole budget
-/// still goes, alone) or if it stays within the budget.
-fn fits(queued: &Queued, changes: usize, max_queued: usize) -> bool {
-    queued.closed || queued.changes == 0 || queued.changes + changes <= max_queued
 }
 
 impl StateWriter {
     pub fn start(sink: impl Sink, max_merged: usize) -> std::io::Result<StateWriter> {
-        let (jobs, pending) = mpsc::channel();
+        let (jobs, pending) = mpsc::sync_channel(QUEUE);
         let failure = Arc::new(Mutex::new(None));
-        let queue = Arc::new(Queue::default());
         let seen = failure.clone();
-        let shrinks = queue.clone();
         let thread = thread::Builder::new()
             .name("ipkeep-state-write".into())
-            .spawn(move || {
-                let _closes = CloseOnExit(shrinks.clone());
-                run(sink, pending, max_merged, &seen, &shrinks)
-            })?;
+            .spawn(move || run(sink, pending, max_merged, &seen))?;
         Ok(StateWriter {
             jobs: Some(jobs),
             thread: Some(thread),
             failure,
-            queue,
-            max_queued: MAX_QUEUED,
         })
-    }
-
-    /// The same writer with another budget of queued changes (tests).
-    #[cfg(test)]
-    pub fn with_max_queued(mut self, max_queued: usize) -> StateWriter {
-        self.max_queued = max_queued;
-        self
-    }
-
-    /// Whether a unit of `changes` changes would be queued at once, without
-    /// waiting for the writer. Only the applies submit, one at a time, so
-    /// the answer holds until the next submit (the writer only makes room).
-    pub fn has_room(&self, changes: usize) -> bool {
-        fits(&self.queue.lock(), changes, self.max_queued)
     }
 
     fn failed(&self) -> Result<(), StateWriteError> {
@@ -211,29 +129,11 @@ impl StateWriter {
     }
 
     /// Queues one unit of changes, ending with the last-applied id they
-    /// bring the tree to (waits while the queue holds more than its budget
-    /// of changes). Fails once an earlier write has failed: the caller must
-    /// stop applying.
+    /// bring the tree to (waits while the queue is full). Fails
+    /// once an earlier write has failed: the caller must stop applying.
     pub fn submit(&self, changes: Vec<Change>) -> Result<(), StateWriteError> {
         self.failed()?;
-        let count = changes.len();
-        {
-            let mut queued = self.queue.lock();
-            while !fits(&queued, count, self.max_queued) {
-                queued = self
-                    .queue
-                    .shrunk
-                    .wait(queued)
-                    .unwrap_or_else(PoisonError::into_inner);
-            }
-            if queued.closed {
-                return Err(StateWriteError::Stopped);
-            }
-            queued.changes += count;
-        }
-        self.send(Job::Write(changes)).inspect_err(|_| {
-            self.queue.release(count);
-        })
+        self.send(Job::Write(changes))
     }
 
     /// Queues a rewrite of the whole tree from the snapshot file at
@@ -258,26 +158,19 @@ fn run(
     pending: Receiver<Job>,
     max_merged: usize,
     failure: &Mutex<Option<String>>,
-    queue: &Queue,
 ) {
     // Only this thread sets `failure`, so it can be read here unlocked by
     // anyone else; the lock is never held across a write, or an apply
     // submitting meanwhile would wait for the disk after all.
     let mut failed = false;
     let mut write = |job: Job| {
-        let written = match &job {
-            Job::Write(changes) => changes.len(),
-            _ => 0,
-        };
         let outcome = match job {
-            _ if failed => Ok(()),
-            Job::Write(changes) if changes.is_empty() => Ok(()),
+            _ if failed => return,
+            Job::Write(changes) if changes.is_empty() => return,
             Job::Write(changes) => sink.write(changes),
             Job::Refill(snapshot) => sink.refill(&snapshot),
-            Job::Drained(_) => Ok(()),
+            Job::Drained(_) => return,
         };
-        // Written or skipped after a failure, these changes no longer wait.
-        queue.release(written);
         if let Err(reason) = outcome {
             tracing::error!(error = %reason, "writing the state to the database failed");
             *failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason);
@@ -289,7 +182,9 @@ fn run(
     while let Ok(first) = pending.recv() {
         let mut merged = Vec::new();
         let mut drained = Vec::new();
-        for job in std::iter::once(first).chain(pending.try_iter().take(PASS)) {
+        // At most a queue's worth of jobs per pass, so that a drain is
+        // answered even while applies keep coming.
+        for job in std::iter::once(first).chain(pending.try_iter().take(QUEUE)) {
             match job {
                 Job::Write(changes) => {
                     if !merged.is_empty() && merged.len() + changes.len() > max_merged {

@@ -72,17 +72,12 @@ impl Sink for HeldShut {
 
 /// The same store, writing through `sink`.
 fn with_sink(store: &StateMachineStore, sink: impl Sink) -> StateMachineStore {
-    with_writer(store, StateWriter::start(sink, MAX_MERGED).unwrap())
-}
-
-/// The same store, writing through `writer`.
-fn with_writer(store: &StateMachineStore, writer: StateWriter) -> StateMachineStore {
     let inner = &store.inner;
     StateMachineStore {
         inner: Arc::new(Inner {
             db: inner.db.clone(),
             tree: inner.tree.clone(),
-            writer: Arc::new(writer),
+            writer: Arc::new(StateWriter::start(sink, MAX_MERGED).unwrap()),
             dir: inner.dir.clone(),
             machine: inner.machine.clone(),
             current: Mutex::new(store.current().clone()),
@@ -472,72 +467,4 @@ fn the_install_flag_is_up_while_an_install_runs_and_down_however_it_ends() {
     assert!(install_bytes(&follower, dir.path(), &meta, &bytes).is_err());
     assert!(installs.has_changed().unwrap(), "the flag never went up");
     assert!(!*installs.borrow_and_update(), "the flag stayed up");
-}
-
-#[test]
-fn an_apply_waiting_for_a_full_writer_queue_lets_readers_see_what_it_applied() {
-    let dir = tempfile::tempdir().unwrap();
-    let count = 1_000u64;
-    let (log, store) = storage::open(dir.path(), &StorageOptions::default()).unwrap();
-    let (open, gate) = mpsc::channel();
-    let sink = HeldShut {
-        tree: store.inner.tree.clone(),
-        opened: Some(gate),
-    };
-    // The first unit goes to the writer, which holds it at the gate; with
-    // room for 64 changes the next unit (about 512) has to wait.
-    let writer = StateWriter::start(sink, MAX_MERGED)
-        .unwrap()
-        .with_max_queued(64);
-    let held = with_writer(&store, writer);
-    let mut entries = vec![entry(1, create_subnet())];
-    entries.extend((0..count).map(|i| entry(i + 2, add(&format!("c{i}")))));
-    let (applied_tx, applied) = mpsc::channel();
-    let applier = {
-        let held = held.clone();
-        std::thread::spawn(move || {
-            let outcome = held.apply_sync(entries).map(|replies| replies.len());
-            applied_tx.send(()).unwrap();
-            outcome
-        })
-    };
-    // Dropped before `held` should an assertion fail, so that the writer
-    // fails its write instead of waiting for ever and the apply ends.
-    let open = open;
-    // The apply stops part way, waiting for the writer: a reader gets the
-    // lock and sees the entries applied so far. (Held through the wait, the
-    // lock would be refused until the deadline.)
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let seen = loop {
-        let partly = match held.inner.machine.0.try_read() {
-            Ok(m) => m
-                .last_applied
-                .map(|l| l.index)
-                .filter(|&i| i > 1 && i < count + 1),
-            Err(_) => None,
-        };
-        if let Some(index) = partly {
-            break index;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no reader got the state while the apply waited for the writer"
-        );
-        std::thread::yield_now();
-    };
-    assert!(
-        applied.try_recv().is_err(),
-        "the apply finished while the writer was held shut (seen up to {seen})"
-    );
-    open.send(()).unwrap();
-    applied
-        .recv_timeout(Duration::from_secs(20))
-        .expect("the apply still waits once the writer is open");
-    assert_eq!(applier.join().unwrap().unwrap(), count as usize + 1);
-    held.inner.writer.drain().unwrap();
-    drop((held, store, log));
-    let (_log, reopened) = storage::open(dir.path(), &StorageOptions::default()).unwrap();
-    let m = reopened.inner.machine.read();
-    assert_eq!(m.last_applied.map(|l| l.index), Some(count + 1));
-    assert_eq!(m.state.allocation_count(), count as usize);
 }

@@ -1,6 +1,5 @@
 use std::collections::BTreeMap;
 use std::sync::mpsc;
-use std::time::Duration;
 
 use super::*;
 
@@ -261,82 +260,4 @@ fn a_refill_lands_after_the_writes_before_it_and_before_those_after_it() {
             vec![b"after".to_vec()]
         ]
     );
-}
-
-/// `n` puts of one key each: a unit of `n` changes.
-fn sized(tag: &str, n: usize) -> Vec<Change> {
-    (0..n)
-        .map(|i| put(&format!("{tag}{i}"), i as u64))
-        .collect()
-}
-
-#[test]
-fn a_submit_past_the_budget_waits_for_the_writer_and_then_lands_in_order() {
-    let recorded = Recorded::default();
-    let (open, gate) = mpsc::channel();
-    let sink = Gated {
-        inner: recorded.clone(),
-        gate,
-    };
-    // Merging off (one batch per unit), so that each gate opening writes
-    // exactly one unit.
-    let writer = Arc::new(StateWriter::start(sink, 1).unwrap().with_max_queued(10));
-    // Dropped before the writer if an assertion fails: the writer's thread
-    // then sees the gate closed instead of waiting at it for ever.
-    let open = open;
-    writer.submit(sized("a", 6)).unwrap();
-    writer.submit(sized("b", 4)).unwrap();
-    // Ten changes queued, none written (the sink is shut): no room left.
-    assert!(!writer.has_room(1));
-    let (submitted_tx, submitted) = mpsc::channel();
-    let submitter = {
-        let writer = writer.clone();
-        thread::spawn(move || {
-            let outcome = writer.submit(sized("c", 3));
-            submitted_tx.send(()).unwrap();
-            outcome
-        })
-    };
-    // It cannot go before the writer frees room, however long we wait; a
-    // tenth of a second would show a submit that did not wait.
-    assert!(matches!(
-        submitted.recv_timeout(Duration::from_millis(100)),
-        Err(mpsc::RecvTimeoutError::Timeout)
-    ));
-    // Writing the first unit (six changes) leaves room for three.
-    open.send(()).unwrap();
-    submitted
-        .recv_timeout(Duration::from_secs(10))
-        .expect("the submit still waits after the writer made room");
-    submitter.join().unwrap().unwrap();
-    open.send(()).unwrap();
-    open.send(()).unwrap();
-    writer.drain().unwrap();
-    let batches = recorded.batches();
-    assert_eq!(batches, vec![sized("a", 6), sized("b", 4), sized("c", 3)]);
-    assert!(writer.has_room(10));
-}
-
-#[test]
-fn a_unit_larger_than_the_whole_budget_still_goes_when_the_queue_is_empty() {
-    let recorded = Recorded::default();
-    let writer = StateWriter::start(recorded.clone(), MAX_MERGED)
-        .unwrap()
-        .with_max_queued(10);
-    writer.submit(sized("big", 25)).unwrap();
-    writer.drain().unwrap();
-    assert_eq!(recorded.batches(), vec![sized("big", 25)]);
-}
-
-#[test]
-fn changes_skipped_after_a_failure_free_their_room_so_nobody_waits_for_ever() {
-    let sink = FailsOnBad::default();
-    let writer = StateWriter::start(sink, 1).unwrap().with_max_queued(4);
-    writer.submit(vec![put("bad", 1)]).unwrap();
-    // Queued behind the failing write, then skipped: their room comes back.
-    let _ = writer.submit(sized("after", 3));
-    let _ = writer.drain();
-    assert!(writer.has_room(4));
-    let err = writer.submit(sized("more", 4)).unwrap_err();
-    assert!(matches!(err, StateWriteError::Failed(_)), "{err}");
 }
