@@ -1,5 +1,6 @@
 use std::collections::BTreeMap;
 use std::sync::mpsc;
+use std::time::Duration;
 
 use super::*;
 
@@ -260,4 +261,48 @@ fn a_refill_lands_after_the_writes_before_it_and_before_those_after_it() {
             vec![b"after".to_vec()]
         ]
     );
+}
+
+#[test]
+fn submitting_never_waits_for_the_writer_however_far_behind_it_is() {
+    let recorded = Recorded::default();
+    // A rendezvous: the opener below waits for each write, it does not spin.
+    let (open, gate) = mpsc::sync_channel(0);
+    let sink = Gated {
+        inner: recorded.clone(),
+        gate,
+    };
+    let writer = Arc::new(StateWriter::start(sink, MAX_MERGED).unwrap());
+    // Dropped before the writer should an assertion fail: its thread then
+    // sees the gate closed instead of waiting at it for ever.
+    let open = open;
+    // Far more units than the writer takes in a pass, with the sink shut:
+    // an apply that waited here would leave its entries in openraft's
+    // channel instead, as whole entries.
+    let units: Vec<Vec<Change>> = (0..5 * PASS as u64).map(unit).collect();
+    let (done_tx, done) = mpsc::channel();
+    let submitter = {
+        let writer = writer.clone();
+        let units = units.clone();
+        thread::spawn(move || {
+            for u in units {
+                writer.submit(u).unwrap();
+            }
+            done_tx.send(()).unwrap();
+        })
+    };
+    done.recv_timeout(Duration::from_secs(20))
+        .expect("a submit waited for the writer held shut");
+    submitter.join().unwrap();
+    assert!(recorded.batches().is_empty());
+    // Let it all through (each merged batch is one write at the gate) and
+    // find every unit in the tree, in order.
+    let opener = thread::spawn(move || while open.send(()).is_ok() {});
+    writer.drain().unwrap();
+    assert_eq!(
+        apply_all(recorded.batches().iter().flatten()),
+        apply_all(units.iter().flatten())
+    );
+    drop(writer);
+    opener.join().unwrap();
 }
