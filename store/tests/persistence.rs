@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{add, del, subnet};
 use ipkeep_store::storage::{self, OpenError, StateMachineStore, StorageOptions};
 use ipkeep_store::types::{Entry, LogId};
@@ -40,19 +42,9 @@ fn workload(n: usize) -> Vec<Command> {
     v
 }
 
-/// Opens a data directory. A reopen in the same process can find sled's
-/// lock still held for a moment by its I/O threads after the previous
-/// handles were dropped; a daemon never reopens in-process, a test does.
+/// Opens a data directory, again after an earlier open in this process.
 fn open(dir: &std::path::Path) -> (storage::LogStore, StateMachineStore) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        match storage::open(dir, &StorageOptions::default()) {
-            Err(OpenError::Locked { .. }) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(20))
-            }
-            other => return other.expect("open"),
-        }
-    }
+    storage::open_again(dir, &StorageOptions::default(), Duration::from_secs(10)).expect("open")
 }
 
 fn fingerprint(sm: &StateMachineStore) -> (Option<LogId>, Vec<ipkeep_store::records::Record>) {

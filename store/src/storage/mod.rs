@@ -168,6 +168,27 @@ fn create_log_dir(data_dir: &Path, log_dir: &Path, db: &sled::Db) -> std::io::Re
     snapshot_file::publish(&staging, log_dir)
 }
 
+/// [`open`] for a caller that reopens a directory it closed a moment ago
+/// in the same process (tests, benches): sled's I/O threads can hold its
+/// lock for a moment after the last handle is dropped, while a write they
+/// took on finishes. Retries while the directory is locked, for at most
+/// `patience`. A daemon never reopens in-process: its exit frees the lock.
+pub fn open_again(
+    data_dir: &Path,
+    options: &StorageOptions,
+    patience: std::time::Duration,
+) -> Result<(LogStore, StateMachineStore), OpenError> {
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        match open(data_dir, options) {
+            Err(OpenError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Opens (or creates) the storage of a node in `data_dir`.
 pub fn open(
     data_dir: &Path,

@@ -48,6 +48,11 @@ fn add(cid: &str) -> Command {
     }
 }
 
+/// Opens the directory a store of this test has just closed.
+fn reopen(dir: &std::path::Path) -> (storage::LogStore, StateMachineStore) {
+    storage::open_again(dir, &StorageOptions::default(), Duration::from_secs(10)).unwrap()
+}
+
 /// Writes to the tree once the test opens it.
 struct HeldShut {
     tree: sled::Tree,
@@ -190,7 +195,7 @@ fn a_snapshot_install_waits_for_older_queued_writes_so_they_cannot_undo_it() {
             .any(|r| format!("{r:?}").contains("stale")));
         expected
     };
-    let (_log, reopened) = storage::open(dir.path(), &StorageOptions::default()).unwrap();
+    let (_log, reopened) = reopen(dir.path());
     assert_eq!(records(&reopened), expected);
 }
 
@@ -265,7 +270,7 @@ fn a_snapshot_whose_records_contradict_each_other_is_refused_with_nothing_change
         assert!(store.current().is_none());
     }
     // And a restart serves the state from before, not the refused one.
-    let (_log, reopened) = storage::open(dir.path(), &StorageOptions::default()).unwrap();
+    let (_log, reopened) = reopen(dir.path());
     assert_eq!(reopened.inner.machine.read().last_applied, None);
 }
 
@@ -301,7 +306,7 @@ fn a_long_apply_reaches_sled_in_bounded_batches_each_a_prefix_of_the_log() {
         // Dropping the store lets the data directory be opened again.
         drop(recording);
     }
-    let (_log, reopened) = storage::open(dir.path(), &StorageOptions::default()).unwrap();
+    let (_log, reopened) = reopen(dir.path());
     let applied = reopened.inner.machine.read().last_applied;
     assert_eq!(applied.map(|l| l.index), Some(count + 1));
     assert_eq!(
@@ -359,7 +364,7 @@ fn an_install_serves_at_once_and_the_tree_is_rewritten_behind_it_in_order() {
         .any(|r| format!("{r:?}").contains("after")));
     // The tree alone (no restore: the mark is gone and the tree is not
     // behind the snapshot) gives the same state back.
-    let (_log, reopened) = storage::open(dir.path(), &StorageOptions::default()).unwrap();
+    let (_log, reopened) = reopen(dir.path());
     assert_eq!(records(&reopened), expected);
 }
 
@@ -387,7 +392,7 @@ fn a_crash_before_the_tree_is_rewritten_restores_the_installed_snapshot_at_start
         .unwrap();
         assert_eq!(tree_applied.map(|l| l.index), Some(2));
     }
-    let (_log, reopened) = storage::open(dir.path(), &StorageOptions::default()).unwrap();
+    let (_log, reopened) = reopen(dir.path());
     assert_eq!(records(&reopened), snapshot_state);
 }
 
