@@ -166,16 +166,26 @@ fn probe_latency(target: &Ipkeep, tag: &str) -> (f64, f64, usize) {
     )
 }
 
-/// A follower is removed, wiped, started empty and added back as a learner;
-/// it can only catch up by installing the leader's snapshot.
 /// A rejoin: from `member add` to caught up, the snapshot install inside it,
-/// and the rejoined daemon's peak resident memory (the install's peak).
+/// and the rejoined daemon's peak resident memory (through the install and
+/// the replay of the log after it).
 struct Rejoined {
     took_ms: f64,
     install_ms: Option<u64>,
     peak_mib: Option<f64>,
 }
 
+/// A daemon's peak resident memory so far (VmHWM), in MiB.
+fn peak_mib(cluster: &Cluster, id: u64) -> Option<f64> {
+    cluster
+        .node(id)
+        .pid()
+        .and_then(|pid| crate::procfs::status_kib(pid, "VmHWM"))
+        .map(|kib| kib as f64 / 1024.0)
+}
+
+/// A follower is removed, wiped, started empty and added back as a learner;
+/// it can only catch up by installing the leader's snapshot.
 fn rejoin(cluster: &mut Cluster, victim: u64) -> Option<Rejoined> {
     let id = victim.to_string();
     cluster.wipe(victim);
@@ -197,11 +207,7 @@ fn rejoin(cluster: &mut Cluster, victim: u64) -> Option<Rejoined> {
         .status(victim)
         .and_then(|s| s.last_snapshot_installed)
         .map(|t| t.millis);
-    let peak_mib = cluster
-        .node(victim)
-        .pid()
-        .and_then(|pid| crate::procfs::status_kib(pid, "VmHWM"))
-        .map(|kib| kib as f64 / 1024.0);
+    let peak_mib = peak_mib(cluster, victim);
     cluster
         .ctl_until_ok(victim, &["member", "promote", &id], LIMIT)
         .ok()?;
@@ -277,11 +283,7 @@ fn lag_and_return(cluster: &mut Cluster, victim: u64) -> Option<Lagged> {
         .and_then(|s| s.last_snapshot_installed)
         .filter(|t| t.index > last)
         .map(|t| t.millis);
-    let peak_mib = cluster
-        .node(victim)
-        .pid()
-        .and_then(|pid| crate::procfs::status_kib(pid, "VmHWM"))
-        .map(|kib| kib as f64 / 1024.0);
+    let peak_mib = peak_mib(cluster, victim);
     Some(Lagged {
         catch_up_ms,
         new_terms,
