@@ -270,10 +270,16 @@ pub(super) fn refill_tree(tree: &sled::Tree, path: &Path) -> Result<(), RestoreE
     Ok(())
 }
 
-fn remove_temporaries(dir: &Path) {
+/// What a snapshot build writes before it publishes the file.
+const BUILDING: &str = "building";
+
+/// Removes the temporary files in `dir` that `remove` picks by name.
+fn remove_temporaries(dir: &Path, remove: impl Fn(&str) -> bool) {
     if let Ok(entries) = fs::read_dir(dir) {
         for entry in entries.flatten() {
-            if entry.file_name().to_string_lossy().ends_with(".tmp") {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.ends_with(".tmp") && remove(&name) {
                 let _ = fs::remove_file(entry.path());
             }
         }
@@ -291,7 +297,8 @@ impl StateMachineStore {
             source,
         };
         let tree = db.open_tree(STATE_TREE).map_err(db_err)?;
-        remove_temporaries(&dir);
+        // Left by a run that stopped half-way; nothing writes here yet.
+        remove_temporaries(&dir, |_| true);
 
         let current_path = dir.join(CURRENT_SNAPSHOT);
         let snapshot_err = |source| OpenError::Snapshot {
@@ -531,7 +538,7 @@ impl StateMachineStore {
         };
         // Straight into the file: held in memory whole, a million
         // allocations' snapshot added 100 MiB to the node while it built.
-        let tmp = self.inner.dir.join(format!("building-{id}.tmp"));
+        let tmp = self.inner.dir.join(format!("{BUILDING}-{id}.tmp"));
         let size = snapshot_file::encode_synced(
             &tmp,
             &meta,
@@ -697,7 +704,10 @@ impl StateMachineStore {
         self.inner
             .stats
             .record_installed(meta.last_log_id.map(|l| l.index), took, bytes);
-        remove_temporaries(&self.inner.dir);
+        // Leftovers of earlier receptions, not the file of a build that may
+        // be running beside this install (openraft builds off the state
+        // machine's task): removed under it, that build could not publish.
+        remove_temporaries(&self.inner.dir, |name| !name.starts_with(BUILDING));
         free_memory::release();
         Ok(())
     }

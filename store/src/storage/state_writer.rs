@@ -40,7 +40,7 @@ const PASS: usize = 1024;
 // state machine's task over a channel without a bound, so the backlog only
 // moved there, as whole entries (larger than the changes they make). A
 // node that installed 692,000 allocations and replayed 310,000 more from
-// the log while its tree was rewritten peaked at 365 MiB with 1,024 units,
+// the log while its tree was rewritten peaked at 366 MiB with 1,024 units,
 // 480 MiB with a bound of 32,768 changes (the apply waiting without the
 // state's lock), and 289 MiB with none. The backlog is what the cluster
 // commits while the tree is rewritten after an install (seconds); in
@@ -141,8 +141,8 @@ impl StateWriter {
     }
 
     /// Queues one unit of changes, ending with the last-applied id they
-    /// bring the tree to (never waits: see the note on the queue at the
-    /// top of this file). Fails
+    /// bring the tree to (never waits: see the note on the queue below
+    /// `PASS`). Fails
     /// once an earlier write has failed: the caller must stop applying.
     pub fn submit(&self, changes: Vec<Change>) -> Result<(), StateWriteError> {
         self.failed()?;

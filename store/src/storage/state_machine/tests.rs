@@ -473,3 +473,28 @@ fn the_install_flag_is_up_while_an_install_runs_and_down_however_it_ends() {
     assert!(installs.has_changed().unwrap(), "the flag never went up");
     assert!(!*installs.borrow_and_update(), "the flag stayed up");
 }
+
+#[test]
+fn an_install_leaves_the_file_of_a_build_running_beside_it_and_clears_its_own_leftovers() {
+    let (meta, bytes, _) = snapshot_of(50);
+    let dir = tempfile::tempdir().unwrap();
+    let (log, store) = storage::open(dir.path(), &StorageOptions::default()).unwrap();
+    // openraft builds off the state machine's task, so a build can be
+    // writing its file while an install runs; a reception that failed
+    // earlier leaves its file behind.
+    let building = store.inner.dir.join(format!("{BUILDING}-77.tmp"));
+    let leftover = store.inner.dir.join("received-5.tmp");
+    fs::write(&building, b"half a snapshot").unwrap();
+    fs::write(&leftover, b"a failed reception").unwrap();
+    install_bytes(&store, dir.path(), &meta, &bytes).unwrap();
+    assert!(
+        building.exists(),
+        "the install removed a running build's file"
+    );
+    assert!(!leftover.exists());
+    // At a start nothing is building: every temporary goes.
+    store.inner.writer.drain().unwrap();
+    drop((log, store));
+    let (_log, _reopened) = reopen(dir.path());
+    assert!(!building.exists());
+}
