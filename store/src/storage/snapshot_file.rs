@@ -9,7 +9,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use ipkeep_api::codec;
 
@@ -123,6 +123,42 @@ pub fn copy_synced(from: &mut File, path: &Path) -> io::Result<u64> {
     let file = to.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
     Ok(n)
+}
+
+/// A snapshot file written beside the place it is published to: removed
+/// when dropped unless it was published, so that no way out of a build or
+/// an install leaves it behind.
+pub struct Staged {
+    path: PathBuf,
+    published: bool,
+}
+
+impl Staged {
+    pub fn new(path: PathBuf) -> Staged {
+        Staged {
+            path,
+            published: false,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// [`publish`]es the file at `to`.
+    pub fn publish(mut self, to: &Path) -> io::Result<()> {
+        publish(&self.path, to)?;
+        self.published = true;
+        Ok(())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.published {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
 }
 
 /// Renames `from` over `to` and fsyncs the directory, so that the new file is
@@ -300,5 +336,21 @@ mod tests {
         })
         .unwrap();
         assert_eq!(count, 20_000);
+    }
+
+    #[test]
+    fn a_staged_file_is_gone_unless_published_and_in_place_once_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let abandoned = Staged::new(dir.path().join("a.tmp"));
+        write_synced(abandoned.path(), b"a").unwrap();
+        let path = abandoned.path().to_owned();
+        drop(abandoned);
+        assert!(!path.exists());
+
+        let kept = Staged::new(dir.path().join("b.tmp"));
+        write_synced(kept.path(), b"b").unwrap();
+        let to = dir.path().join("current.snap");
+        kept.publish(&to).unwrap();
+        assert_eq!(fs::read(&to).unwrap(), b"b");
     }
 }

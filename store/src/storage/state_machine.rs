@@ -22,6 +22,7 @@ use tokio::runtime::RuntimeFlavor;
 use tokio::sync::watch;
 
 use super::free_memory;
+use super::snapshot_file::Staged;
 use super::snapshot_file::{self, SnapshotFileError};
 use super::snapshot_stats::SnapshotStats;
 use super::state_writer::{StateWriter, MAX_MERGED};
@@ -538,39 +539,28 @@ impl StateMachineStore {
         };
         // Straight into the file: held in memory whole, a million
         // allocations' snapshot added 100 MiB to the node while it built.
-        let tmp = self.inner.dir.join(format!("{BUILDING}-{id}.tmp"));
+        let tmp = Staged::new(self.inner.dir.join(format!("{BUILDING}-{id}.tmp")));
         let size = snapshot_file::encode_synced(
-            &tmp,
+            tmp.path(),
             &meta,
             captured.records().map(|r| (r.key(), r.value())),
         )
-        .inspect_err(|_| {
-            let _ = fs::remove_file(&tmp);
-        })
         .map_err(|e| write_err(&e))?;
         drop(captured);
         // The state must be on disk at least up to the snapshot before the log
         // behind it can be purged.
-        let on_disk = self
-            .inner
-            .writer
-            .drain()
-            .map_err(|e| write_err(&e))
-            .and_then(|()| self.inner.db.flush().map_err(|e| write_err(&e)));
-        if let Err(e) = on_disk {
-            let _ = fs::remove_file(&tmp);
-            return Err(e.into());
-        }
+        self.inner.writer.drain().map_err(|e| write_err(&e))?;
+        self.inner.db.flush().map_err(|e| write_err(&e))?;
         let mut current = self.current();
         if current
             .as_ref()
             .is_some_and(|c| c.last_log_id > meta.last_log_id)
         {
             // A newer snapshot was installed meanwhile: keep it.
-            let _ = fs::remove_file(&tmp);
             return Ok(());
         }
-        snapshot_file::publish(&tmp, &self.current_path()).map_err(|e| write_err(&e))?;
+        tmp.publish(&self.current_path())
+            .map_err(|e| write_err(&e))?;
         let took = started.elapsed();
         tracing::info!(
             snapshot = %meta.snapshot_id,
@@ -610,23 +600,16 @@ impl StateMachineStore {
         let err = |e: &dyn std::error::Error| {
             StorageIOError::write_snapshot(sig.clone(), AnyError::error(e.to_string()))
         };
-        let tmp = self.temp_path("received").map_err(|e| err(&e))?;
-        snapshot_file::copy_synced(&mut received, &tmp).map_err(|e| err(&e))?;
-        let checked = snapshot_file::verify(&tmp).and_then(|_| {
-            let mut f = fs::File::open(&tmp)?;
+        let tmp = Staged::new(self.temp_path("received").map_err(|e| err(&e))?);
+        snapshot_file::copy_synced(&mut received, tmp.path()).map_err(|e| err(&e))?;
+        let checked = snapshot_file::verify(tmp.path()).and_then(|_| {
+            let mut f = fs::File::open(tmp.path())?;
             snapshot_file::read_meta(&mut f)
         });
-        let file_meta = match checked {
-            Ok(m) => m,
-            Err(e) => {
-                let _ = fs::remove_file(&tmp);
-                return Err(err(&e).into());
-            }
-        };
+        let file_meta = checked.map_err(|e| err(&e))?;
         if file_meta.last_log_id != meta.last_log_id
             || file_meta.last_membership != meta.last_membership
         {
-            let _ = fs::remove_file(&tmp);
             return Err(err(&RestoreError::Mismatch(format!(
                 "received snapshot holds {:?}, the leader announced {:?}",
                 file_meta.last_log_id, meta.last_log_id
@@ -643,7 +626,6 @@ impl StateMachineStore {
                 applied = ?applied,
                 "a received snapshot is not newer than the state; kept the state"
             );
-            let _ = fs::remove_file(&tmp);
             return Ok(());
         }
         // The state this node holds is behind the snapshot and is replaced
@@ -660,10 +642,9 @@ impl StateMachineStore {
         // The new state from the file as received: a snapshot whose records
         // do not decode or contradict each other is refused, and the state
         // this node held is loaded back from its tree.
-        match machine_from_snapshot(&tmp) {
+        match machine_from_snapshot(tmp.path()) {
             Ok(installed) => *machine = installed,
             Err(e) => {
-                let _ = fs::remove_file(&tmp);
                 // The tree holds the state that was in memory once every
                 // queued write has landed. Should the reload fail too, the
                 // error stops Raft on this node and the daemon exits (a
@@ -677,7 +658,7 @@ impl StateMachineStore {
         // they would undo part of it.
         self.inner.writer.drain().map_err(|e| err(&e))?;
         let mut current = self.current();
-        snapshot_file::publish(&tmp, &self.current_path()).map_err(|e| err(&e))?;
+        tmp.publish(&self.current_path()).map_err(|e| err(&e))?;
         *current = Some(file_meta);
         mark_installing(&self.inner.tree, &self.current_path()).map_err(|e| err(&e))?;
         drop(current);
