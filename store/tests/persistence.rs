@@ -76,7 +76,7 @@ async fn log_entries_and_vote_survive_reopen() {
         // Returns only once the entries are acknowledged as flushed.
         log.blocking_append(entries(workload(4), 1)).await.unwrap();
     }
-    let (mut log, _sm) = open(dir.path());
+    let (mut log, mut sm) = open(dir.path());
     assert_eq!(
         log.read_vote().await.unwrap(),
         Some(openraft::Vote::new(3, 1))
@@ -88,6 +88,14 @@ async fn log_entries_and_vote_survive_reopen() {
         got.iter().map(|e| e.log_id.index).collect::<Vec<_>>(),
         (1..=7).collect::<Vec<_>>()
     );
+    // A purge is made durable once the state covering it is (here, after
+    // a snapshot; see the held-purge tests below).
+    sm.apply(got).await.unwrap();
+    sm.get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
     log.purge(log_id(3)).await.unwrap();
     let state = log.get_log_state().await.unwrap();
     assert_eq!(state.last_purged_log_id, Some(log_id(3)));
@@ -136,6 +144,168 @@ async fn snapshot_moves_the_whole_state_to_another_store() {
     // And it stays after a reopen.
     let (_f, follower) = open(follower_dir.path());
     assert_eq!(fingerprint(&follower), fingerprint(&leader));
+}
+
+/// A leader's state and snapshot after `commands`, and the snapshot's bytes.
+async fn leader_snapshot(
+    dir: &std::path::Path,
+    commands: Vec<Command>,
+) -> (
+    StateMachineStore,
+    ipkeep_store::types::SnapshotMeta,
+    Vec<u8>,
+) {
+    let (_l, mut leader) = open(dir);
+    leader.apply(entries(commands, 1)).await.unwrap();
+    let snapshot = leader
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let mut bytes = vec![];
+    let mut from = leader
+        .get_current_snapshot()
+        .await
+        .unwrap()
+        .unwrap()
+        .snapshot;
+    from.read_to_end(&mut bytes).await.unwrap();
+    (leader, snapshot.meta, bytes)
+}
+
+/// openraft 0.9.25 installs a snapshot on a follower by queueing the install
+/// and purging the log up to the snapshot at once. A crash before the
+/// snapshot is published must not leave a log purged past the state: the
+/// node would never start again. The purge is held until the snapshot is
+/// published, and then carried out.
+#[tokio::test]
+async fn a_crash_between_an_installs_purge_and_its_snapshot_leaves_a_node_that_starts() {
+    let leader_dir = tempfile::tempdir().unwrap();
+    let (leader, meta, bytes) = leader_snapshot(leader_dir.path(), workload(300)).await;
+    let snapshot_at = meta.last_log_id.unwrap();
+
+    // The follower has applied the first 50 entries only.
+    let follower_dir = tempfile::tempdir().unwrap();
+    {
+        let (mut log, mut sm) = open(follower_dir.path());
+        log.blocking_append(entries(workload(300), 1)[..50].to_vec())
+            .await
+            .unwrap();
+        sm.apply(entries(workload(300), 1)[..50].to_vec())
+            .await
+            .unwrap();
+        // The purge openraft issues while the install is still queued; then
+        // the process dies.
+        log.purge(snapshot_at).await.unwrap();
+        assert_eq!(log.held_purge(), Some(snapshot_at.index));
+        assert_eq!(
+            log.get_log_state().await.unwrap().last_purged_log_id,
+            Some(snapshot_at),
+            "openraft sees the purge done"
+        );
+    }
+    // It starts (it used to refuse: the state applied up to 50, the log
+    // purged past it, no snapshot): the purge was not made durable.
+    let (mut log, mut sm) = open(follower_dir.path());
+    assert_eq!(log.get_log_state().await.unwrap().last_purged_log_id, None);
+    assert_eq!(log.try_get_log_entries(1..=50).await.unwrap().len(), 50);
+    assert_eq!(sm.shared().read().last_applied.map(|l| l.index), Some(50));
+
+    // The install again, as the leader sends it after the restart; this
+    // time it completes, and the held purge is carried out with the next
+    // write to the log.
+    log.purge(snapshot_at).await.unwrap();
+    let mut incoming = sm.begin_receiving_snapshot().await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut *incoming, &bytes)
+        .await
+        .unwrap();
+    sm.install_snapshot(&meta, incoming).await.unwrap();
+    log.save_committed(Some(snapshot_at)).await.unwrap();
+    assert_eq!(log.held_purge(), None);
+    assert_eq!(
+        log.get_log_state().await.unwrap().last_purged_log_id,
+        Some(snapshot_at)
+    );
+    assert_eq!(fingerprint(&sm), fingerprint(&leader));
+    drop((log, sm));
+    let (_log, sm) = open(follower_dir.path());
+    assert_eq!(fingerprint(&sm), fingerprint(&leader));
+}
+
+/// After an install ahead of the log, the next entries follow the snapshot:
+/// the append that brings them waits for the snapshot to be published, so
+/// that the purge that makes room for them is durable before they are.
+#[tokio::test]
+async fn an_append_after_a_held_purge_past_the_log_waits_for_the_snapshot() {
+    let leader_dir = tempfile::tempdir().unwrap();
+    let (_leader, meta, bytes) = leader_snapshot(leader_dir.path(), workload(100)).await;
+    let snapshot_at = meta.last_log_id.unwrap();
+    let follower_dir = tempfile::tempdir().unwrap();
+    let (mut log, mut sm) = open(follower_dir.path());
+    log.purge(snapshot_at).await.unwrap();
+    let next = Entry {
+        log_id: log_id(snapshot_at.index + 1),
+        payload: EntryPayload::Blank,
+    };
+    let append = tokio::spawn({
+        let mut log = log.clone();
+        async move { log.blocking_append([next]).await }
+    });
+    let mut incoming = sm.begin_receiving_snapshot().await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut *incoming, &bytes)
+        .await
+        .unwrap();
+    sm.install_snapshot(&meta, incoming).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), append)
+        .await
+        .expect("the append went on once the snapshot was published")
+        .unwrap()
+        .unwrap();
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(snapshot_at));
+    assert_eq!(
+        state.last_log_id.map(|l| l.index),
+        Some(snapshot_at.index + 1)
+    );
+}
+
+/// A failed install ends the wait of an append held behind it with an error
+/// (fatal to Raft on the node, which restarts with its log unpurged), not a
+/// wait for ever.
+#[tokio::test]
+async fn a_failed_install_ends_the_wait_of_a_held_append() {
+    let follower_dir = tempfile::tempdir().unwrap();
+    let (mut log, mut sm) = open(follower_dir.path());
+    let announced = ipkeep_store::types::SnapshotMeta {
+        last_log_id: Some(log_id(40)),
+        last_membership: Default::default(),
+        snapshot_id: "bogus".into(),
+    };
+    log.purge(log_id(40)).await.unwrap();
+    let append = tokio::spawn({
+        let mut log = log.clone();
+        async move {
+            log.blocking_append([Entry {
+                log_id: log_id(41),
+                payload: EntryPayload::Blank,
+            }])
+            .await
+        }
+    });
+    let mut incoming = sm.begin_receiving_snapshot().await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut *incoming, b"not a snapshot")
+        .await
+        .unwrap();
+    assert!(sm.install_snapshot(&announced, incoming).await.is_err());
+    let appended = tokio::time::timeout(Duration::from_secs(10), append)
+        .await
+        .expect("the append's wait ended")
+        .unwrap();
+    assert!(appended.is_err());
+    drop((log, sm));
+    let (mut log, _sm) = open(follower_dir.path());
+    assert_eq!(log.get_log_state().await.unwrap().last_purged_log_id, None);
 }
 
 #[tokio::test]

@@ -4,12 +4,13 @@
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader, StorageIOError};
 
 use super::log_file::LogFile;
+use super::snapshot_floor::FloorWatch;
 use super::state_writer::StateWriter;
 use super::witness::CommitWitness;
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
@@ -24,6 +25,11 @@ struct Inner {
     /// The committed index openraft last reported, plus one (0: none), for
     /// the metrics.
     committed: AtomicU64,
+    /// How far a purge may be made durable (see `snapshot_floor`).
+    floor: FloorWatch,
+    /// A purge openraft asked for beyond the floor, with the number of
+    /// failed installs counted when it was asked for.
+    pending_purge: Mutex<Option<(LogId, u64)>>,
 }
 
 /// openraft's log storage. Cloning is cheap; clones share one store.
@@ -38,6 +44,7 @@ impl LogStore {
         db: sled::Db,
         state_writer: Arc<StateWriter>,
         witness: Arc<CommitWitness>,
+        floor: FloorWatch,
     ) -> LogStore {
         let log = Arc::new(log);
         // What the log holds now is on disk.
@@ -51,6 +58,8 @@ impl LogStore {
                 db,
                 state_writer,
                 committed: AtomicU64::new(0),
+                floor,
+                pending_purge: Mutex::new(None),
             }),
         }
     }
@@ -87,6 +96,69 @@ impl LogStore {
         self.inner.witness.sync()
     }
 
+    fn pending_purge(&self) -> Option<(LogId, u64)> {
+        *self
+            .inner
+            .pending_purge
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The purge point openraft asked for and the log does not have on disk
+    /// yet, held until a snapshot covers it.
+    pub fn held_purge(&self) -> Option<u64> {
+        self.pending_purge().map(|(upto, _)| upto.index)
+    }
+
+    fn purge_now(&self, upto: LogId) -> Result<(), StorageError> {
+        self.inner
+            .log
+            .purge(upto)
+            .map_err(|e| StorageIOError::write_logs(&e).into())
+    }
+
+    /// Carries out a held purge once the floor covers it.
+    fn settle(&self) -> Result<(), StorageError> {
+        let Some((upto, _)) = self.pending_purge() else {
+            return Ok(());
+        };
+        if !self.inner.floor.now().covers(upto.index) {
+            return Ok(());
+        }
+        self.purge_now(upto)?;
+        let mut pending = self
+            .inner
+            .pending_purge
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if pending.is_some_and(|(p, _)| p <= upto) {
+            *pending = None;
+        }
+        tracing::info!(upto = upto.index, "held log purge carried out");
+        Ok(())
+    }
+
+    /// Before an append: a held purge past the end of the log (a snapshot
+    /// installed ahead of it) must be on disk first, since the entries that
+    /// follow begin after the purge point. Waits for the install to publish
+    /// its snapshot.
+    async fn settle_before_append(&self) -> Result<(), StorageError> {
+        self.settle()?;
+        let Some((upto, failed_before)) = self.pending_purge() else {
+            return Ok(());
+        };
+        let end = self.inner.log.last_log_id().map(|l| l.index);
+        if end.is_some_and(|end| end >= upto.index) {
+            return Ok(());
+        }
+        self.inner
+            .floor
+            .covering(upto.index, failed_before)
+            .await
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        self.settle()
+    }
+
     /// The entries of the range that are present, in index order.
     fn present_entries<RB: RangeBounds<u64>>(&self, range: RB) -> Result<Vec<Entry>, StorageError> {
         let start = match range.start_bound() {
@@ -98,6 +170,11 @@ impl LogStore {
             Bound::Included(&i) => i.saturating_add(1),
             Bound::Excluded(&i) => i,
             Bound::Unbounded => u64::MAX,
+        };
+        // Entries a held purge covers are gone as far as openraft knows.
+        let start = match self.pending_purge() {
+            Some((upto, _)) => start.max(upto.index + 1),
+            None => start,
         };
         self.inner
             .log
@@ -147,9 +224,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        // openraft's view: a held purge counts as done.
+        let last_purged_log_id = self
+            .inner
+            .log
+            .last_purged()
+            .max(self.pending_purge().map(|(upto, _)| upto));
         Ok(LogState {
-            last_purged_log_id: self.inner.log.last_purged(),
-            last_log_id: self.inner.log.last_log_id(),
+            last_purged_log_id,
+            last_log_id: self.inner.log.last_log_id().max(last_purged_log_id),
         })
     }
 
@@ -178,6 +261,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        self.settle()?;
         if let Some(c) = committed {
             self.inner.committed.store(c.index + 1, Ordering::Relaxed);
             self.inner.witness.committed(c.index);
@@ -204,6 +288,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        self.settle_before_append().await?;
         let epoch = self.inner.witness.epoch();
         let last = self
             .inner
@@ -228,6 +313,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         // Every earlier append was acknowledged before its `append`
         // returned, so no callback can report the entries removed here.
+        self.settle()?;
         // First, so that the witness never counts entries that are gone.
         self.inner.witness.truncated(log_id.index);
         self.inner
@@ -237,11 +323,28 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(())
     }
 
+    /// Durable at once when the floor covers it; otherwise held (see
+    /// `snapshot_floor`): openraft's view of the log moves on, the files
+    /// keep the entries until a snapshot covering them is published.
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.inner
-            .log
-            .purge(log_id)
-            .map_err(|e| StorageIOError::write_logs(&e))?;
+        let floor = self.inner.floor.now();
+        if floor.covers(log_id.index) {
+            self.purge_now(log_id)?;
+            return self.settle();
+        }
+        let mut pending = self
+            .inner
+            .pending_purge
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if pending.is_none_or(|(p, _)| p < log_id) {
+            *pending = Some((log_id, floor.failed_installs));
+        }
+        tracing::info!(
+            upto = log_id.index,
+            covered = ?floor.covered,
+            "log purge held until a published snapshot covers it"
+        );
         Ok(())
     }
 }
@@ -264,7 +367,9 @@ mod tests {
             .unwrap();
         }
         let writer = StateWriter::start(db.open_tree("state").unwrap(), 1).unwrap();
-        LogStore::open(log, db, Arc::new(writer), Arc::new(witness))
+        // Purges covered: this module's tests are about reads.
+        let (_raiser, floor) = super::super::snapshot_floor::new(Some(u64::MAX));
+        LogStore::open(log, db, Arc::new(writer), Arc::new(witness), floor)
     }
 
     fn read(store: &mut LogStore, range: std::ops::Range<u64>) -> Vec<u64> {

@@ -13,7 +13,10 @@
 //!   `state_writer`) and not flushed with it: what a crash takes from the
 //!   state is re-applied from the log;
 //! - a snapshot is written to a file and fsynced before it is reported, and
-//!   the state is flushed before the log can be purged behind it.
+//!   the state is flushed before the log can be purged behind it; a purge
+//!   beyond the last published snapshot (openraft asks for one while it
+//!   installs a snapshot) is held until the snapshot is published
+//!   (`snapshot_floor`).
 //!
 //! sled's own flush uses sync_file_range on Linux, which (sled issue #1452)
 //! may not survive power loss; the state it holds can be rebuilt from the
@@ -29,6 +32,7 @@ mod legacy_log;
 mod log_file;
 mod log_store;
 mod snapshot_file;
+mod snapshot_floor;
 pub mod snapshot_stats;
 mod state_machine;
 mod state_writer;
@@ -244,6 +248,7 @@ pub fn open(
         db,
         state_machine.writer(),
         std::sync::Arc::new(witness),
+        state_machine.floor(),
     );
     let applied = state_machine.shared().read().last_applied;
     if let Some(purged) = purged.filter(|p| applied.is_none_or(|a| a.index < p.index)) {

@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use super::free_memory;
 use super::snapshot_file::Staged;
 use super::snapshot_file::{self, SnapshotFileError};
+use super::snapshot_floor::{self, FloorRaiser, FloorWatch};
 use super::snapshot_stats::SnapshotStats;
 use super::state_writer::{StateWriter, MAX_MERGED};
 use super::OpenError;
@@ -115,6 +116,9 @@ struct Inner {
     stats: SnapshotStats,
     /// True while a snapshot install runs (see [`StateMachineStore::installs`]).
     installing: watch::Sender<bool>,
+    /// Raised as snapshots are published: how far the log may be purged.
+    floor: FloorRaiser,
+    floor_watch: FloorWatch,
 }
 
 /// Raises `installing` for as long as it lives, whatever way the install
@@ -364,6 +368,14 @@ impl StateMachineStore {
             "state machine loaded"
         );
         free_memory::release();
+        // Both were read from disk: a restart recovers at least this far
+        // without the log.
+        let covered = current
+            .as_ref()
+            .and_then(|m| m.last_log_id)
+            .max(machine.last_applied)
+            .map(|l| l.index);
+        let (floor, floor_watch) = snapshot_floor::new(covered);
         let writer =
             StateWriter::start(tree.clone(), MAX_MERGED).map_err(|source| OpenError::Thread {
                 what: "state writer",
@@ -379,6 +391,8 @@ impl StateMachineStore {
                 current: Mutex::new(current),
                 stats: SnapshotStats::default(),
                 installing: watch::Sender::new(false),
+                floor,
+                floor_watch,
             }),
         })
     }
@@ -401,6 +415,11 @@ impl StateMachineStore {
     /// the daemon holds its elections off meanwhile.
     pub fn installs(&self) -> watch::Receiver<bool> {
         self.inner.installing.subscribe()
+    }
+
+    /// How far the log may be purged, for the log store.
+    pub(super) fn floor(&self) -> FloorWatch {
+        self.inner.floor_watch.clone()
     }
 
     /// The in-memory state machine, for the daemon's reads.
@@ -572,6 +591,9 @@ impl StateMachineStore {
         self.inner
             .stats
             .record_built(meta.last_log_id.map(|l| l.index), took, size);
+        self.inner
+            .floor
+            .published(meta.last_log_id.map(|l| l.index));
         *current = Some(meta);
         Ok(())
     }
@@ -589,7 +611,17 @@ impl StateMachineStore {
         }))
     }
 
-    fn install_sync(
+    fn install_sync(&self, meta: &SnapshotMeta, received: fs::File) -> Result<(), StorageError> {
+        let installed = self.install_received(meta, received);
+        if installed.is_err() {
+            // A log write waiting for this snapshot to cover a purge must
+            // not wait for ever.
+            self.inner.floor.install_failed();
+        }
+        installed
+    }
+
+    fn install_received(
         &self,
         meta: &SnapshotMeta,
         mut received: fs::File,
@@ -626,6 +658,11 @@ impl StateMachineStore {
                 applied = ?applied,
                 "a received snapshot is not newer than the state; kept the state"
             );
+            // openraft purges the log up to the snapshot all the same: the
+            // state, which covers it, must be on disk first.
+            self.inner.writer.drain().map_err(|e| err(&e))?;
+            self.inner.db.flush().map_err(|e| err(&e))?;
+            self.inner.floor.published(applied.map(|l| l.index));
             return Ok(());
         }
         // The state this node holds is behind the snapshot and is replaced
@@ -659,6 +696,9 @@ impl StateMachineStore {
         self.inner.writer.drain().map_err(|e| err(&e))?;
         let mut current = self.current();
         tmp.publish(&self.current_path()).map_err(|e| err(&e))?;
+        self.inner
+            .floor
+            .published(file_meta.last_log_id.map(|l| l.index));
         *current = Some(file_meta);
         mark_installing(&self.inner.tree, &self.current_path()).map_err(|e| err(&e))?;
         drop(current);

@@ -44,6 +44,8 @@ const MAX_ENTRY: u64 = 16 << 20;
 /// stays within a few segments.
 const SEGMENT_BYTES: u64 = 8 << 20;
 const SEGMENT_SUFFIX: &str = ".log";
+/// The extension of a segment being created (see [`create_segment`]).
+const STAGING_SUFFIX: &str = "new";
 
 pub(super) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, codec::CodecError> {
     let mut bytes = vec![LOG_VERSION];
@@ -155,17 +157,23 @@ fn presize(file: &File, data_len: u64, bytes: u64) -> io::Result<()> {
     file.set_len(data_len.max(bytes))
 }
 
+/// A new segment, whole: written beside under a temporary name and renamed
+/// into place, so that a crash leaves either no segment or one with its
+/// header (a stop half-way through a creation left a segment without a
+/// header, which the next start refused as damage).
 fn create_segment(dir: &Path, first: u64, bytes: u64) -> io::Result<Segment> {
     let path = segment_path(dir, first);
+    let staging = path.with_extension(STAGING_SUFFIX);
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(true)
-        .open(&path)?;
+        .open(&staging)?;
     file.write_all_at(&record::header(first), 0)?;
     presize(&file, record::HEADER_LEN, bytes)?;
     file.sync_all()?;
+    fs::rename(&staging, &path)?;
     sync_dir(dir)?;
     Ok(Segment {
         first,
@@ -181,6 +189,12 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, LogError> {
     for item in fs::read_dir(dir).map_err(io_at(dir))? {
         let path = item.map_err(io_at(dir))?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if path.extension().is_some_and(|e| e == STAGING_SUFFIX) {
+            // A creation that was stopped before its rename: it never held
+            // an entry.
+            fs::remove_file(&path).map_err(io_at(&path))?;
+            continue;
+        }
         if let Some(first) = name
             .strip_suffix(SEGMENT_SUFFIX)
             .and_then(|n| n.parse::<u64>().ok())
@@ -215,6 +229,7 @@ impl LogFile {
         let mut last_log_id = purged;
         // The index the next segment must begin at.
         let mut segment_next: Option<u64> = None;
+        let mut removed_behind = false;
         for (n, (first, path)) in listed.into_iter().enumerate() {
             let damaged = |reason: String| LogError::Damaged {
                 path: path.clone(),
@@ -226,6 +241,16 @@ impl LogFile {
                 return Err(damaged(format!(
                     "its header says it begins at entry {declared}"
                 )));
+            }
+            let scan = record::scan(&bytes);
+            let end = first + scan.records.len() as u64;
+            if purged.is_some() && first < first_index && end <= first_index && n + 1 < count {
+                // Everything it holds is purged: a purge past the end of the
+                // log (a snapshot installed ahead of it) began the next
+                // segment and was stopped before it removed this one.
+                fs::remove_file(&path).map_err(io_at(&path))?;
+                removed_behind = true;
+                continue;
             }
             match segment_next {
                 Some(expected) if first != expected => {
@@ -243,7 +268,6 @@ impl LogFile {
                 }
                 _ => {}
             }
-            let scan = record::scan(&bytes);
             if let Some(reason) = &scan.bad_tail {
                 if n + 1 < count {
                     return Err(damaged(reason.clone()));
@@ -290,6 +314,9 @@ impl LogFile {
                 file: Arc::new(file),
                 len: scan.valid_len,
             });
+        }
+        if removed_behind {
+            sync_dir(dir).map_err(io_at(dir))?;
         }
         let next = first_index + locations.len() as u64;
         if segment_next != Some(next) {

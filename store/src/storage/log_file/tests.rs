@@ -235,3 +235,38 @@ fn a_segment_of_the_first_format_without_zeros_is_read_and_appended_to() {
     let log = LogFile::open_with(dir.path(), 4096).unwrap();
     assert_eq!(log.last_log_id(), Some(log_id(1, 1, 5)));
 }
+
+/// A purge past the end of the log (a snapshot installed ahead of it)
+/// begins a new segment after the purge point and then removes the old
+/// ones; stopped in between, the log still opens, at the purge point.
+#[test]
+fn a_purge_past_the_end_stopped_before_removing_old_segments_still_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    log.append((0..3).map(|i| entry(1, i))).unwrap();
+    log.sync_data().unwrap();
+    let old_segments = list_segments(dir.path()).unwrap();
+    let kept: Vec<(PathBuf, Vec<u8>)> = old_segments
+        .iter()
+        .map(|(_, p)| (p.clone(), fs::read(p).unwrap()))
+        .collect();
+    log.purge(log_id(2, 1, 599)).unwrap();
+    log.append([entry(2, 600)]).unwrap();
+    log.sync_data().unwrap();
+    drop(log);
+    for (path, bytes) in &kept {
+        fs::write(path, bytes).unwrap();
+    }
+    assert_eq!(segment_count(dir.path()), kept.len() + 1);
+
+    // And a segment whose creation was stopped before it was renamed.
+    fs::write(dir.path().join("00000000000000000700.new"), b"").unwrap();
+    let log = open(dir.path());
+    assert_eq!(log.last_purged(), Some(log_id(2, 1, 599)));
+    assert_eq!(indexes(&log, 0, 1000), vec![(2, 600)]);
+    assert_eq!(segment_count(dir.path()), 1, "the purged segments are gone");
+    log.append([entry(2, 601)]).unwrap();
+    drop(log);
+    let log = open(dir.path());
+    assert_eq!(indexes(&log, 0, 1000), vec![(2, 600), (2, 601)]);
+}

@@ -78,6 +78,7 @@ impl Sink for HeldShut {
 /// The same store, writing through `sink`.
 fn with_sink(store: &StateMachineStore, sink: impl Sink) -> StateMachineStore {
     let inner = &store.inner;
+    let (floor, floor_watch) = snapshot_floor::new(inner.floor_watch.now().covered);
     StateMachineStore {
         inner: Arc::new(Inner {
             db: inner.db.clone(),
@@ -88,6 +89,8 @@ fn with_sink(store: &StateMachineStore, sink: impl Sink) -> StateMachineStore {
             current: Mutex::new(store.current().clone()),
             stats: SnapshotStats::default(),
             installing: inner.installing.clone(),
+            floor,
+            floor_watch,
         }),
     }
 }
