@@ -58,6 +58,13 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
         .map_err(CodecError::Encode)
 }
 
+/// The bytes [`encode`] makes of a value, without making them.
+pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<u64, CodecError> {
+    options(u64::MAX)
+        .serialized_size(value)
+        .map_err(CodecError::Encode)
+}
+
 /// Decodes a value encoded by [`encode`], refusing to allocate more than `limit` bytes.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8], limit: u64) -> Result<T, CodecError> {
     options(limit)

@@ -8,10 +8,12 @@
 pub mod client;
 pub mod codec;
 pub mod error;
+pub mod fields;
 pub mod mac;
 pub mod message;
 pub mod model;
 pub mod names;
+pub mod nesting;
 pub mod os;
 pub mod units;
 

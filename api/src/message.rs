@@ -107,7 +107,7 @@ pub enum Request {
     SnapshotSave,
     /// Serve the inner (read) request only after this node has applied
     /// everything the leader had committed when the request arrived.
-    Linearize(Box<Request>),
+    Linearize(#[serde(deserialize_with = "crate::nesting::bounded")] Box<Request>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

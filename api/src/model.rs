@@ -109,6 +109,18 @@ impl IpRange {
     pub fn contains(&self, addr: IpAddr) -> bool {
         addr.is_ipv4() == self.start.is_ipv4() && self.start <= addr && addr <= self.end
     }
+
+    /// Both ends of one family, the start not after the end (a range from
+    /// the wire is not parsed, so it is checked).
+    pub fn check(&self) -> Result<(), String> {
+        if self.start.is_ipv4() != self.end.is_ipv4() {
+            return Err(format!("{self} mixes IPv4 and IPv6"));
+        }
+        if self.start > self.end {
+            return Err(format!("{}-{} starts after it ends", self.start, self.end));
+        }
+        Ok(())
+    }
 }
 
 impl FromStr for IpRange {
@@ -133,14 +145,12 @@ impl FromStr for IpRange {
             v.parse::<IpAddr>()
                 .map_err(|_| format!("{v:?} is not an IP address"))
         };
-        let (start, end) = (parse(start)?, parse(end)?);
-        if start.is_ipv4() != end.is_ipv4() {
-            return Err(format!("{s:?} mixes IPv4 and IPv6"));
-        }
-        if start > end {
-            return Err(format!("{s:?} starts after it ends"));
-        }
-        Ok(IpRange { start, end })
+        let range = IpRange {
+            start: parse(start)?,
+            end: parse(end)?,
+        };
+        range.check()?;
+        Ok(range)
     }
 }
 

@@ -236,9 +236,20 @@ fn show(session: &mut Session, name: String) -> anyhow::Result<()> {
         .into_iter()
         .filter(|p| p.pool.subnet == name)
         .collect();
-    let mut json = serde_json::to_value(&info)?;
-    json["pools"] = serde_json::to_value(&pools)?;
-    session.print(&json, || {
+    // Serialized as it is, not through serde_json::Value: a Value holds no
+    // number past u64, and an IPv6 subnet's counts can be (a /48 has 2^80
+    // addresses).
+    #[derive(serde::Serialize)]
+    struct Shown<'a> {
+        #[serde(flatten)]
+        info: &'a ipkeep_api::model::SubnetInfo,
+        pools: &'a [PoolInfo],
+    }
+    let shown = Shown {
+        info: &info,
+        pools: &pools,
+    };
+    session.print(&shown, || {
         let mut out = detail(&info);
         if !pools.is_empty() {
             let mut t = Table::new(&["POOL", "SIZE", "HELD", "KEPT", "FREE", "SELECTS"]);

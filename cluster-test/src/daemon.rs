@@ -193,6 +193,11 @@ impl Daemon {
 
     /// Waits for the daemon to exit by itself (it stops when its store
     /// fails); panics after `limit`.
+    /// How the daemon ended, if it has (without waiting).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
+    }
+
     pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
         let child = self.child.as_mut().expect("daemon running");
         let status = wait::until("ipkeepd to exit", limit, || child.try_wait().ok().flatten());

@@ -7,11 +7,16 @@
 use ipkeep_store::storage::backup;
 use libfuzzer_sys::fuzz_target;
 
+#[path = "daemon_stack.rs"]
+mod daemon_stack;
+
 fuzz_target!(|data: &[u8]| {
-    let _ = backup::decode_bytes(data);
-    let mut sealed = data.to_vec();
-    sealed.extend_from_slice(&crc32(data).to_be_bytes());
-    let _ = backup::decode_bytes(&sealed);
+    daemon_stack::decode_on_daemon_stack(data, |data| {
+        let _ = backup::decode_bytes(data);
+        let mut sealed = data.to_vec();
+        sealed.extend_from_slice(&crc32(data).to_be_bytes());
+        let _ = backup::decode_bytes(&sealed);
+    });
 });
 
 /// CRC-32 (IEEE), as the snapshot file uses; bitwise, fuzz inputs are small.

@@ -147,21 +147,33 @@ fn del(env: &CniEnv, settings: &Settings) -> Result<Output, PluginError> {
     Ok(Output::Nothing)
 }
 
-/// The addresses a prevResult lists, which the attachment must hold.
+/// The addresses a prevResult lists, which the attachment must hold. A
+/// prevResult that is not a result (not an object, `ips` not a list, an
+/// entry without its address) is a bad configuration, not "nothing to
+/// check".
 fn prev_addresses(prev: Option<&Value>) -> Result<Vec<IpAddr>, PluginError> {
-    let Some(ips) = prev.and_then(|p| p.get("ips")).and_then(Value::as_array) else {
+    let Some(prev) = prev else {
         return Ok(vec![]);
+    };
+    let Some(prev) = prev.as_object() else {
+        return Err(PluginError::config("prevResult", "is not an object"));
+    };
+    let ips = match prev.get("ips") {
+        None | Some(Value::Null) => return Ok(vec![]),
+        Some(Value::Array(ips)) => ips,
+        Some(_) => return Err(PluginError::config("prevResult.ips", "is not a list")),
     };
     ips.iter()
         .enumerate()
         .map(|(i, ip)| {
+            let field = format!("prevResult.ips[{i}].address");
             let text = ip
                 .get("address")
                 .and_then(Value::as_str)
-                .unwrap_or_default();
+                .ok_or_else(|| PluginError::config(&field, "is missing or not a string"))?;
             text.parse::<IpNet>().map(|n| n.addr()).map_err(|_| {
                 PluginError::config(
-                    &format!("prevResult.ips[{i}].address"),
+                    &field,
                     format!("{text:?} is not an address in CIDR notation"),
                 )
             })

@@ -58,8 +58,8 @@ impl CniEnv {
     }
 }
 
-/// Longest value ipkeep keeps from CNI_ARGS (a Kubernetes name is at most 253).
-const MAX_ARG_VALUE: usize = 253;
+/// Longest value ipkeep keeps from CNI_ARGS: the daemon's bound.
+const MAX_ARG_VALUE: usize = ipkeep_api::fields::MAX_POD_FIELD;
 
 /// Parses CNI_ARGS ("K=V;K2=V2"). Unknown keys are ignored whether or not
 /// IgnoreUnknown is given: runtimes add keys of their own, and refusing them

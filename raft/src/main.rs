@@ -39,6 +39,9 @@ fn main() -> ExitCode {
     tracing::debug!(open_files, "open file limit");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Frames from outside decode on these threads: the size the decoders
+        // are bounded and fuzzed for (tokio's default, made explicit).
+        .thread_stack_size(ipkeep_api::nesting::DECODE_STACK_BYTES)
         .build()
     {
         Ok(rt) => rt,

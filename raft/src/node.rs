@@ -124,6 +124,8 @@ impl Node {
     /// ADDs and DELs go through the batcher, which lets concurrent ones
     /// share an entry.
     pub async fn commit_here(&self, command: Command) -> Result<Committed, ForwardError> {
+        // Again on the leader: a peer's forward is checked like a request.
+        command.check_fields().map_err(ForwardError::Api)?;
         self.disk.check().map_err(ForwardError::Api)?;
         if command.may_share_an_entry() {
             self.writes.commit(command).await
@@ -372,6 +374,7 @@ impl Node {
     /// every command is idempotent. Once it returns, this node's replica
     /// shows the write.
     pub async fn propose(&self, command: Command) -> Result<Reply, ApiError> {
+        command.check_fields()?;
         // Every node writes every entry: this one must have room too.
         self.disk.check()?;
         let committed = self

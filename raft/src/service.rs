@@ -6,9 +6,7 @@ use ipkeep_api::message::{
     AddRequest, AddressHistory, CheckRequest, DelRequest, ForgetResult, GcRequest, IpListRequest,
     ReadyRequest, Request, Response, Timing,
 };
-use ipkeep_api::model::AttachmentKey;
-use ipkeep_api::names::{check_cni_identifier, check_ifname, check_object_name};
-use ipkeep_api::{code, ApiError};
+use ipkeep_api::{code, fields, ApiError};
 use ipkeep_store::storage::backup;
 use ipkeep_store::subnet::settle;
 use ipkeep_store::{Command, Reply};
@@ -182,40 +180,6 @@ fn unexpected(reply: Reply) -> ApiError {
     ))
 }
 
-fn invalid_config(detail: String) -> ApiError {
-    ApiError::new(
-        code::INVALID_CONFIG,
-        "invalid network configuration",
-        detail,
-    )
-}
-
-/// Checks the parts of a key that become part of stored record keys; the
-/// plugin checks them too, but the daemon must not trust its callers.
-fn check_key(key: &AttachmentKey) -> Result<(), ApiError> {
-    let env = |var: &str, reason: String| {
-        ApiError::new(
-            code::INVALID_ENV,
-            format!("invalid {var}"),
-            format!("{var}: {reason}"),
-        )
-    };
-    check_cni_identifier(&key.network).map_err(|r| invalid_config(format!("name: {r}")))?;
-    check_cni_identifier(&key.container_id).map_err(|r| env("CNI_CONTAINERID", r))?;
-    check_ifname(&key.ifname).map_err(|r| env("CNI_IFNAME", r))?;
-    Ok(())
-}
-
-fn check_subnet_sets(sets: &[Vec<String>]) -> Result<(), ApiError> {
-    if sets.is_empty() || sets.iter().any(|s| s.is_empty()) {
-        return Err(invalid_config("ipam.subnet: no subnet named".into()));
-    }
-    for name in sets.iter().flatten() {
-        check_object_name(name).map_err(|r| invalid_config(format!("ipam.subnet: {r}")))?;
-    }
-    Ok(())
-}
-
 /// When the caller issued its request: its own stamp if plausible (it runs
 /// on this node, with this clock), else now. Refuses a request whose caller
 /// stopped waiting before this daemon could read it (it sat in the socket
@@ -238,14 +202,7 @@ fn issued(timing: &Timing) -> Result<u64, ApiError> {
 }
 
 async fn add(node: &Node, request: AddRequest) -> Result<Response, ApiError> {
-    check_key(&request.key)?;
-    check_subnet_sets(&request.subnets)?;
-    if request.requested.len() > 2 {
-        return Err(invalid_config(format!(
-            "ips: {} addresses asked for; at most one per IP family",
-            request.requested.len()
-        )));
-    }
+    fields::check_add(&request)?;
     let issued_us = issued(&request.timing)?;
     let command = Command::Add {
         request,
@@ -260,7 +217,7 @@ async fn add(node: &Node, request: AddRequest) -> Result<Response, ApiError> {
 }
 
 async fn del(node: &Node, request: DelRequest) -> Result<Response, ApiError> {
-    check_key(&request.key)?;
+    fields::check_key(&request.key)?;
     let command = Command::Del {
         key: request.key,
         at_ms: 0,
@@ -273,13 +230,13 @@ async fn del(node: &Node, request: DelRequest) -> Result<Response, ApiError> {
 }
 
 fn check(node: &Node, request: CheckRequest) -> Result<Response, ApiError> {
-    check_key(&request.key)?;
+    fields::check_key(&request.key)?;
     let held = node.machine.read().state.check(&request)?;
     Ok(Response::Checked(held))
 }
 
 async fn gc(node: &Node, request: GcRequest) -> Result<Response, ApiError> {
-    check_cni_identifier(&request.network).map_err(|r| invalid_config(format!("name: {r}")))?;
+    fields::check_gc(&request)?;
     let command = Command::Gc {
         network: request.network,
         node: node.name.clone(),

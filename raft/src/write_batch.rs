@@ -32,6 +32,12 @@ pub const IN_FLIGHT: usize = 1;
 /// Most writes in one entry: about 300 bytes each, so an entry stays well
 /// under the size of one replication message.
 pub const MAX_BATCH: usize = 256;
+/// Most encoded bytes of the writes of one entry. Writes are bounded (see
+/// `ipkeep_api::fields`; the largest ADD is under 6 KiB), but their count
+/// alone does not bound an entry: 40 ADDs of megabyte pod names once made
+/// a 34 MB entry, which the log refused, and that stopped the leader. A
+/// write that would take an entry past it goes first in the next one.
+pub const MAX_BATCH_BYTES: u64 = 1 << 20;
 
 /// Counts what the batcher proposed, for the node's metrics.
 #[derive(Clone, Default)]
@@ -44,6 +50,8 @@ pub struct BatchCounters {
 
 struct Waiting {
     command: Command,
+    /// The command's encoded size.
+    bytes: u64,
     answer: oneshot::Sender<Result<Committed, ForwardError>>,
 }
 
@@ -95,9 +103,17 @@ impl WriteBatcher {
     /// queued); the receiver gets its reply.
     fn submit(&self, command: Command) -> oneshot::Receiver<Result<Committed, ForwardError>> {
         let (answer, wait) = oneshot::channel();
+        // Measured here, on the caller's task, not on the one that forms
+        // the entries for everyone. A command that cannot be encoded fails
+        // when it is committed.
+        let bytes = ipkeep_api::codec::encoded_len(&command).unwrap_or(0);
         // If the task has stopped, `answer` is dropped with the message and
         // the receiver reports that.
-        let _ = self.queue.send(Waiting { command, answer });
+        let _ = self.queue.send(Waiting {
+            command,
+            bytes,
+            answer,
+        });
         wait
     }
 }
@@ -111,15 +127,32 @@ async fn form_entries<C, F>(
     F: Future<Output = Result<Committed, ForwardError>> + Send + 'static,
 {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-    while let Some(first) = waiting.recv().await {
+    // A write that did not fit the last entry: it begins the next.
+    let mut carried: Option<Waiting> = None;
+    loop {
+        let first = match carried.take() {
+            Some(first) => first,
+            None => match waiting.recv().await {
+                Some(first) => first,
+                None => return,
+            },
+        };
         // Whatever arrives while every slot is taken joins this entry.
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
+        let mut bytes = first.bytes;
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match waiting.try_recv() {
-                Ok(next) => batch.push(next),
+                Ok(next) if bytes + next.bytes > MAX_BATCH_BYTES => {
+                    carried = Some(next);
+                    break;
+                }
+                Ok(next) => {
+                    bytes += next.bytes;
+                    batch.push(next);
+                }
                 Err(_) => break,
             }
         }
@@ -139,7 +172,9 @@ where
     F: Future<Output = Result<Committed, ForwardError>>,
 {
     if batch.len() == 1 {
-        let Waiting { command, answer } = batch.remove(0);
+        let Waiting {
+            command, answer, ..
+        } = batch.remove(0);
         // The waiter may have given up; the write stands either way.
         let _ = answer.send(commit(command).await);
         return;

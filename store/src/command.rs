@@ -97,7 +97,7 @@ pub enum Command {
     /// write batcher). Answered by [`Reply::Batch`], one reply each. Kept
     /// last: bincode numbers variants in order, and entries already in a
     /// log must still decode.
-    Batch(Vec<Command>),
+    Batch(#[serde(deserialize_with = "ipkeep_api::nesting::bounded")] Vec<Command>),
 }
 
 impl Command {
@@ -123,6 +123,68 @@ impl Command {
         self
     }
 
+    /// Checks every field the command would carry into the log (see
+    /// `ipkeep_api::fields`): the node that receives a request checks it,
+    /// and the leader checks again whatever a peer forwards.
+    pub fn check_fields(&self) -> Result<(), ApiError> {
+        use ipkeep_api::fields::*;
+        let node_name =
+            |node: &str| check_text(node, MAX_NODE_NAME).map_err(|r| ApiError::invalid("node", r));
+        match self {
+            Command::Add { request, node, .. } => {
+                check_add(request)?;
+                node_name(node)
+            }
+            Command::Del { key, .. } => check_key(key),
+            Command::Gc {
+                network,
+                node,
+                valid,
+                ..
+            } => {
+                ipkeep_api::names::check_cni_identifier(network)
+                    .map_err(|r| ApiError::invalid("name", r))?;
+                check_gc_valid(valid)?;
+                node_name(node)
+            }
+            Command::CreateSubnet { spec } => check_subnet_spec(spec),
+            Command::UpdateSubnet { name, update } => {
+                check_pod_field("name", name)?;
+                check_subnet_update(update)
+            }
+            Command::DeleteSubnet { name } | Command::DeletePool { name } => {
+                check_pod_field("name", name)
+            }
+            Command::ResizePool { name, addresses } => {
+                check_pod_field("name", name)?;
+                check_ranges("addresses", addresses)
+            }
+            Command::CreatePool { request } => check_pool(request),
+            Command::Reserve { range, note, .. } => {
+                check_ranges("range", std::slice::from_ref(range))?;
+                check_text(note, MAX_NOTE).map_err(|r| ApiError::invalid("note", r))
+            }
+            Command::Unreserve { range } => check_ranges("range", std::slice::from_ref(range)),
+            Command::ReleaseBinding { namespace, name } => {
+                check_pod_field("namespace", namespace)?;
+                check_pod_field("name", name)
+            }
+            Command::Reclaim { attachments, .. } => {
+                attachments.iter().try_for_each(|(key, _)| check_key(key))
+            }
+            Command::ForgetNode { node, .. } => {
+                check_pod_field("node", node)?;
+                node_name(node)
+            }
+            Command::Restore { .. } | Command::ExpireBindings { .. } => Ok(()),
+            // Formed by the leader's batcher alone, from writes it checked.
+            Command::Batch(_) => Err(ApiError::invalid(
+                "command",
+                "a batch of writes is formed by the leader, never sent to it",
+            )),
+        }
+    }
+
     /// May this command share a log entry with others? The node API's hot
     /// path (ADD and DEL) may; the rest are rare, and some (a restore) are
     /// large enough to want an entry of their own.
@@ -146,5 +208,40 @@ pub enum Reply {
     /// Done; nothing more to say (also blank and membership entries).
     Done,
     /// The replies to a [`Command::Batch`], in its order.
-    Batch(Vec<Reply>),
+    Batch(#[serde(deserialize_with = "ipkeep_api::nesting::bounded")] Vec<Reply>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ipkeep_api::codec;
+    use ipkeep_api::nesting::{DECODE_STACK_BYTES, MAX_NESTING};
+
+    /// A batch holding batches, as a peer could forward it: refused while
+    /// decoding past the nesting bound, on a thread with the daemon's
+    /// decoder stack, instead of overflowing it.
+    #[test]
+    fn batches_nested_past_the_bound_are_refused_while_decoding() {
+        let leaf = Command::ExpireBindings { at_ms: 1 };
+        let one = codec::encode(&Command::Batch(vec![leaf.clone()])).unwrap();
+        let leaf_bytes = codec::encode(&leaf).unwrap();
+        let wrapper = &one[..one.len() - leaf_bytes.len()];
+        let nested = |depth: usize| {
+            let mut bytes = wrapper.repeat(depth);
+            bytes.extend_from_slice(&leaf_bytes);
+            bytes
+        };
+        let shallow = nested(2);
+        assert!(codec::decode::<Command>(&shallow, 1 << 20).is_ok());
+        let deep = nested(MAX_NESTING as usize + 1);
+        assert!(codec::decode::<Command>(&deep, 1 << 20).is_err());
+        let very_deep = nested(20_000);
+        let decoded = std::thread::Builder::new()
+            .stack_size(DECODE_STACK_BYTES)
+            .spawn(move || codec::decode::<Command>(&very_deep, 1 << 20).is_err())
+            .unwrap()
+            .join()
+            .expect("the decoder thread survives");
+        assert!(decoded);
+    }
 }

@@ -155,6 +155,41 @@ async fn an_entry_holds_at_most_max_batch_writes() {
     }
 }
 
+/// Writes of a few KiB each (the largest an ADD can be): an entry holds
+/// no more of them than fit in MAX_BATCH_BYTES, and the rest follow in the
+/// next entries, in order.
+#[tokio::test]
+async fn an_entry_holds_at_most_max_batch_bytes() {
+    let (batcher, mut proposed, gate) = batcher(Answer::Echo);
+    let _alone = fill_slots(&batcher, &mut proposed).await;
+    let big = |n: usize| del(&format!("q{n}-{}", "x".repeat(5000)));
+    let each = ipkeep_api::codec::encoded_len(&big(0)).unwrap();
+    let per_entry = (MAX_BATCH_BYTES / each) as usize;
+    assert!(
+        per_entry < MAX_BATCH,
+        "the test needs the bytes to bind first"
+    );
+    let total = per_entry * 2 + 3;
+    let queued: Vec<_> = (0..total).map(|n| batcher.submit(big(n))).collect();
+
+    gate.add_permits(3);
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let entry = proposed.recv().await.expect("entry");
+        let bytes = ipkeep_api::codec::encoded_len(&entry).unwrap();
+        assert!(bytes <= MAX_BATCH_BYTES + 64, "an entry of {bytes} bytes");
+        match entry {
+            Command::Batch(commands) => seen.extend(commands),
+            single => seen.push(single),
+        }
+    }
+    assert_eq!(seen, (0..total).map(big).collect::<Vec<_>>());
+    gate.add_permits(3 + IN_FLIGHT);
+    for wait in queued {
+        wait.await.expect("answered").expect("committed");
+    }
+}
+
 /// The answers to three writes queued behind a held lone write, committed
 /// together as one batch that `answer` answers.
 async fn three_batched_answers(answer: Answer) -> Vec<Result<Committed, ForwardError>> {
