@@ -20,6 +20,8 @@ use crate::netns::{sh, NetNs};
 use crate::wait;
 
 pub const PEER_PORT: u16 = 7470;
+/// The address of [`Cluster::outsider`].
+pub const OUTSIDER_IP: &str = "10.254.0.250";
 const SECRET: &str = "chaos-test-cluster-secret-0123456789";
 
 #[derive(Debug, Clone)]
@@ -111,6 +113,7 @@ pub struct Cluster {
     secret_file: PathBuf,
     /// node -> (addresses it drops from, addresses it drops to)
     cuts: BTreeMap<u64, (BTreeSet<String>, BTreeSet<String>)>,
+    outsider_ready: bool,
 }
 
 fn node_ip(id: u64) -> String {
@@ -171,6 +174,7 @@ impl Cluster {
             nodes,
             secret_file,
             cuts: BTreeMap::new(),
+            outsider_ready: false,
         };
         for id in cluster.ids() {
             cluster.spawn(id);
@@ -201,6 +205,24 @@ impl Cluster {
             std::thread::sleep(Duration::from_millis(100));
         }
         cluster
+    }
+
+    /// A network namespace on the nodes' network that is not a node (the
+    /// hub itself, given the address [`OUTSIDER_IP`] on first use): where
+    /// a test runs a hostile client with an address of its own.
+    pub fn outsider(&mut self) -> &NetNs {
+        if !self.outsider_ready {
+            self.hub.exec(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("{OUTSIDER_IP}/24"),
+                "dev",
+                "br0",
+            ]);
+            self.outsider_ready = true;
+        }
+        &self.hub
     }
 
     pub fn ids(&self) -> Vec<u64> {

@@ -17,25 +17,28 @@ use ipkeep_api::message::{Request, Response};
 use ipkeep_api::{code, ApiError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::api_admission::{ApiAdmission, Refused, PRESSURE_IDLE};
 use crate::node::Node;
+use crate::refusals::{Refusals, SUMMARY_PERIOD};
 use crate::service;
 
-/// Connections served at once; more wait in the listen backlog.
-const MAX_CONNECTIONS: usize = 4096;
 /// A connection idle this long between requests is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The longest a request frame may take to arrive once it has begun.
+const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct ApiServer {
     listener: UnixListener,
     path: PathBuf,
+    admission: ApiAdmission,
 }
 
 impl ApiServer {
     /// Binds the socket, refusing to take over one that a live daemon serves.
-    pub async fn bind(path: &Path) -> anyhow::Result<ApiServer> {
+    pub async fn bind(path: &Path, max_connections: usize) -> anyhow::Result<ApiServer> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::DirBuilder::new()
                 .recursive(true)
@@ -65,34 +68,50 @@ impl ApiServer {
         Ok(ApiServer {
             listener,
             path: path.to_owned(),
+            admission: ApiAdmission::new(max_connections),
         })
     }
 
     /// Serves until `stop` turns true, then waits for requests in flight.
     pub async fn serve(self, node: Arc<Node>, mut stop: watch::Receiver<bool>) {
-        let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let refusals = Arc::new(Refusals::new("api", node.metrics.refused.clone()));
+        let mut summary = tokio::time::interval(SUMMARY_PERIOD);
         let mut connections = JoinSet::new();
         loop {
-            let permit = tokio::select! {
-                _ = stop.changed() => break,
-                permit = permits.clone().acquire_owned() => match permit {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-            };
+            // Never waits for a free slot: a caller over the limits is told
+            // so at once rather than left in the listen backlog.
             let accepted = tokio::select! {
                 _ = stop.changed() => break,
+                _ = summary.tick() => {
+                    refusals.flush();
+                    continue;
+                }
                 accepted = self.listener.accept() => accepted,
             };
             match accepted {
                 Ok((stream, _)) => {
+                    let pid = stream.peer_cred().ok().and_then(|c| c.pid());
+                    let slot = match self.admission.admit(pid) {
+                        Ok(slot) => slot,
+                        Err(refused) => {
+                            let source =
+                                pid.map_or("unknown process".into(), |p| format!("pid {p}"));
+                            refusals.refused(&source, refused.reason());
+                            refuse_now(&stream, refused);
+                            continue;
+                        }
+                    };
                     let node = node.clone();
                     let stop = stop.clone();
+                    let pressure = self.admission.pressure();
+                    let refusals = refusals.clone();
                     connections.spawn(async move {
-                        if let Err(e) = serve_connection(&node, stream, stop).await {
+                        let served =
+                            serve_connection(&node, stream, stop, pressure, &refusals).await;
+                        if let Err(e) = served {
                             tracing::debug!(error = %e, "node API connection closed");
                         }
-                        drop(permit);
+                        drop(slot);
                     });
                 }
                 Err(e) => {
@@ -185,13 +204,58 @@ async fn write_response(stream: &mut UnixStream, response: &Response) -> io::Res
     stream.write_all(&frame).await
 }
 
+/// Answers a connection over the limits without reading it: the error
+/// frame is small enough for the socket's buffer, and the caller reads it
+/// after sending its request. Nothing waits on it.
+fn refuse_now(stream: &UnixStream, refused: Refused) {
+    let error = ApiError::try_again(format!(
+        "ipkeepd is serving as many node API connections as it may ({}); try again",
+        refused.reason()
+    ));
+    if let Ok(frame) = codec::encode_frame(&Response::Error(error)) {
+        let _ = stream.try_write(&frame);
+    }
+}
+
+/// Waits until the caller sends something (true), or its connection has
+/// been idle too long (false): IDLE_TIMEOUT, or PRESSURE_IDLE while the
+/// listener runs short of slots.
+async fn wait_for_request(
+    stream: &UnixStream,
+    stop: &mut watch::Receiver<bool>,
+    pressure: &mut watch::Receiver<bool>,
+) -> io::Result<bool> {
+    let idle_since = tokio::time::Instant::now();
+    loop {
+        let limit = if *pressure.borrow_and_update() {
+            PRESSURE_IDLE
+        } else {
+            IDLE_TIMEOUT
+        };
+        tokio::select! {
+            _ = stop.changed() => return Ok(false),
+            _ = tokio::time::sleep_until(idle_since + limit) => return Ok(false),
+            _ = pressure.changed() => continue,
+            ready = stream.readable() => {
+                ready?;
+                return Ok(true);
+            }
+        }
+    }
+}
+
 async fn serve_connection(
     node: &Node,
     mut stream: UnixStream,
     mut stop: watch::Receiver<bool>,
+    mut pressure: watch::Receiver<bool>,
+    refusals: &Refusals,
 ) -> io::Result<()> {
     if let Err(error) = caller_allowed(&stream) {
-        tracing::warn!(error = %error, "refused a node API caller");
+        let source = stream
+            .peer_cred()
+            .map_or("unknown caller".into(), |c| format!("uid {}", c.uid()));
+        refusals.refused(&source, "not root");
         // Its request is read (so that it sees the answer rather than a
         // reset) but never decoded.
         let mut header = [0u8; 4];
@@ -200,9 +264,12 @@ async fn serve_connection(
         return Ok(());
     }
     loop {
+        if !wait_for_request(&stream, &mut stop, &mut pressure).await? {
+            return Ok(());
+        }
         let request = tokio::select! {
             _ = stop.changed() => return Ok(()),
-            r = tokio::time::timeout(IDLE_TIMEOUT, read_request(&mut stream)) => match r {
+            r = tokio::time::timeout(FRAME_TIMEOUT, read_request(&mut stream)) => match r {
                 Err(_) => return Ok(()),
                 Ok(r) => r,
             },

@@ -91,6 +91,12 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub restore: Option<PathBuf>,
 
+    /// Node API connections served at once. One process may hold at most
+    /// 64; near the limit, connections idle for a second are closed to
+    /// make room.
+    #[arg(long, env = "IPKEEP_MAX_API_CONNECTIONS", default_value_t = crate::api_admission::DEFAULT_MAX_CONNECTIONS as u64, value_parser = clap::value_parser!(u64).range(16..=1_000_000))]
+    pub max_api_connections: u64,
+
     /// Take a snapshot (and purge the log behind it) every this many entries.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub snapshot_every: u64,

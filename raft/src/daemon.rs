@@ -210,7 +210,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     )
     .await?;
 
-    let server = ApiServer::bind(&args.socket).await?;
+    let server = ApiServer::bind(&args.socket, args.max_api_connections as usize).await?;
     let expiring = tokio::spawn(crate::expiry::run(node.clone(), stop_rx.clone()));
     let reconciling = tokio::spawn(crate::reconciler::run(node.clone(), stop_rx.clone()));
     let metrics_serving = match &args.metrics_listen {

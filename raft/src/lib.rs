@@ -1,6 +1,7 @@
 //! ipkeepd, the ipkeep node daemon: openraft wiring, the node API on a unix
 //! socket, bootstrap and the peer network.
 
+pub mod api_admission;
 pub mod api_server;
 pub mod bootstrap;
 pub mod config;
@@ -14,5 +15,6 @@ pub mod network;
 pub mod node;
 pub mod peer;
 pub mod reconciler;
+pub mod refusals;
 pub mod service;
 pub mod write_batch;

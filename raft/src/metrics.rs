@@ -13,6 +13,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::node::Node;
+use crate::refusals::RefusalCounters;
 use crate::write_batch::BatchCounters;
 
 type Labels = Vec<(String, String)>;
@@ -30,6 +31,8 @@ pub struct Metrics {
     latency: HistogramFamily,
     /// What the write batcher proposed.
     pub batches: BatchCounters,
+    /// Connections the listeners refused, by listener and reason.
+    pub refused: RefusalCounters,
 }
 
 impl Default for Metrics {
@@ -38,6 +41,7 @@ impl Default for Metrics {
             requests: Family::default(),
             latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             batches: BatchCounters::default(),
+            refused: RefusalCounters::default(),
         }
     }
 }
@@ -92,6 +96,11 @@ impl Metrics {
             "batched_writes",
             "ADDs and DELs those entries carried (more than entries: concurrent writes shared them)",
             self.batches.writes.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections the peer and node API listeners refused, by listener and reason",
+            self.refused.clone(),
         );
         register_state(&mut registry, node);
         register_raft(&mut registry, node);

@@ -10,10 +10,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use super::admission::{Handshake, PeerAdmission};
 use super::auth::ClusterSecret;
 use super::conn::PeerConn;
 use super::wire::{PeerRequest, PeerResponse};
 use crate::node::Node;
+use crate::refusals::{Refusals, SUMMARY_PERIOD};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Peer connections served at once. A cluster needs a few per peer; the
@@ -41,20 +43,35 @@ impl PeerServer {
     ) {
         let mut connections = JoinSet::new();
         let permits = Arc::new(tokio::sync::Semaphore::new(MAX_PEER_CONNECTIONS));
+        let admission = PeerAdmission::default();
+        let refusals = Arc::new(Refusals::new("peer", node.metrics.refused.clone()));
+        let mut summary = tokio::time::interval(SUMMARY_PERIOD);
         loop {
             let accepted = tokio::select! {
                 _ = stop.changed() => break,
+                _ = summary.tick() => {
+                    refusals.flush();
+                    continue;
+                }
                 accepted = self.listener.accept() => accepted,
             };
             match accepted {
                 Ok((stream, from)) => {
+                    let source = from.ip().to_string();
+                    let handshake = match admission.admit(from.ip()) {
+                        Ok(handshake) => handshake,
+                        Err(refused) => {
+                            refusals.refused(&source, refused.reason());
+                            continue;
+                        }
+                    };
                     let Ok(permit) = permits.clone().try_acquire_owned() else {
-                        tracing::warn!(peer = %from, limit = MAX_PEER_CONNECTIONS, "refused a peer connection: too many open");
+                        refusals.refused(&source, "over the listener's connection limit");
                         continue;
                     };
-                    let (node, secret) = (node.clone(), secret.clone());
+                    let (node, secret, refusals) = (node.clone(), secret.clone(), refusals.clone());
                     connections.spawn(async move {
-                        serve_connection(node, secret, stream, from).await;
+                        serve_connection(node, secret, stream, from, handshake, &refusals).await;
                         drop(permit);
                     });
                 }
@@ -74,12 +91,19 @@ async fn serve_connection(
     secret: ClusterSecret,
     stream: tokio::net::TcpStream,
     from: SocketAddr,
+    handshake: Handshake,
+    refusals: &Refusals,
 ) {
     let mut conn = match PeerConn::accept(stream, &secret, node.id, HANDSHAKE_TIMEOUT).await {
-        Ok(conn) => conn,
+        Ok(conn) => {
+            drop(handshake);
+            conn
+        }
         Err(e) => {
             // Nothing the peer sent has been decoded, let alone applied.
-            tracing::warn!(peer = %from, error = %e, "refused a peer connection");
+            handshake.failed();
+            tracing::debug!(peer = %from, error = %e, "refused a peer connection");
+            refusals.refused(&from.ip().to_string(), "failed authentication");
             return;
         }
     };
