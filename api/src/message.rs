@@ -336,6 +336,18 @@ pub struct NodeStatus {
     pub last_snapshot_built: Option<SnapshotTiming>,
     /// The last snapshot this node installed from its leader, since it started.
     pub last_snapshot_installed: Option<SnapshotTiming>,
+    /// Free space in the data directory against the floor; None when it
+    /// cannot be read.
+    pub disk: Option<DiskStatus>,
+}
+
+/// A node's data directory: free space, the floor under which it takes no
+/// writes (`--min-free-space`; 0: none) and whether it is under it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskStatus {
+    pub free_bytes: u64,
+    pub floor_bytes: u64,
+    pub low: bool,
 }
 
 /// One snapshot build or install: the log index it covers, how long it took

@@ -44,6 +44,22 @@ pub fn network(s: &str) -> Result<IpNet, String> {
     Ok(net)
 }
 
+/// 1536 -> "1.5 KiB".
+pub fn bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,5 +81,12 @@ mod tests {
         let err = network("10.0.0.5/24").unwrap_err();
         assert!(err.contains("the network is 10.0.0.0/24"), "{err}");
         assert!(network("ten").is_err());
+    }
+
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(64 << 20), "64.0 MiB");
     }
 }

@@ -2,7 +2,7 @@
 
 use clap::Subcommand;
 use ipkeep_api::expect_response;
-use ipkeep_api::message::{MemberHealth, MemberInfo, NodeStatus, Request, Response};
+use ipkeep_api::message::{DiskStatus, MemberHealth, MemberInfo, NodeStatus, Request, Response};
 
 use crate::session::Session;
 use crate::table::Table;
@@ -60,7 +60,7 @@ fn status_table(s: &NodeStatus) -> String {
         }
     };
     format!(
-        "node:          {} ({})\nrole:          {}\nleader:        {}\nterm:          {}\nlast log:      {}\napplied:       {}\nsnapshot:      {}\npurged:        {}\nvoters:        {}\nlearners:      {}\n",
+        "node:          {} ({})\nrole:          {}\nleader:        {}\nterm:          {}\nlast log:      {}\napplied:       {}\nsnapshot:      {}\npurged:        {}\nvoters:        {}\nlearners:      {}\ndisk:          {}\n",
         s.node_id,
         s.node_name,
         s.role,
@@ -72,7 +72,21 @@ fn status_table(s: &NodeStatus) -> String {
         opt(s.purged_index),
         ids(&s.voters),
         ids(&s.learners),
+        disk(s.disk.as_ref()),
     )
+}
+
+/// "12.0 MiB free, under the floor of 64.0 MiB: LOW" or "3.1 GiB free".
+fn disk(status: Option<&DiskStatus>) -> String {
+    match status {
+        None => "-".into(),
+        Some(d) if d.low => format!(
+            "{} free, under the floor of {}: LOW (no writes, no replicated entries)",
+            ipkeep_api::units::bytes(d.free_bytes),
+            ipkeep_api::units::bytes(d.floor_bytes)
+        ),
+        Some(d) => format!("{} free", ipkeep_api::units::bytes(d.free_bytes)),
+    }
 }
 
 /// This node's view, then every member as it answers for itself.
@@ -102,6 +116,7 @@ fn health_table(members: &[MemberHealth]) -> String {
             None => ("-".into(), "-".into(), "-".into()),
         };
         let health = match (&m.status, &m.error) {
+            (Some(s), _) if s.disk.is_some_and(|d| d.low) => "disk low".to_owned(),
             (Some(_), _) if m.lag.unwrap_or(0) > LAGGING => "behind".to_owned(),
             (Some(_), _) => "ok".to_owned(),
             (None, Some(e)) => format!("unreachable: {e}"),

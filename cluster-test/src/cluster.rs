@@ -39,6 +39,11 @@ pub struct ClusterOptions {
     /// (e.g. "3s", "500ms"). Off by default: most workloads use namespace
     /// paths that do not exist, which it would rightly release.
     pub reconcile: Option<(String, String)>,
+    /// Put each node's data directory on a tmpfs of this many MiB (a small
+    /// disk a test can fill, see `tmpfs::fill`).
+    pub data_tmpfs_mib: Option<u64>,
+    /// More flags for every node's daemon.
+    pub extra_args: Vec<String>,
 }
 
 impl Default for ClusterOptions {
@@ -51,6 +56,8 @@ impl Default for ClusterOptions {
             keep_logs: 50,
             restore: None,
             reconcile: None,
+            data_tmpfs_mib: None,
+            extra_args: vec![],
         }
     }
 }
@@ -258,6 +265,9 @@ impl Cluster {
             .append(true)
             .open(node.log_path())
             .expect("node log");
+        if let Some(mib) = options.data_tmpfs_mib {
+            crate::tmpfs::mount(&node.data_dir(), mib);
+        }
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &node.ns.name])
             .arg(bin("ipkeepd"))
@@ -288,6 +298,7 @@ impl Cluster {
                 ],
                 None => vec!["--reconcile".to_owned(), "off".to_owned()],
             })
+            .args(&options.extra_args)
             // IPKEEP_TEST_RUST_LOG adds detail to a run under study.
             .env(
                 "RUST_LOG",
@@ -634,6 +645,9 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         for id in self.ids() {
             self.kill9(id);
+            if self.options.data_tmpfs_mib.is_some() {
+                crate::tmpfs::unmount(&self.node(id).data_dir());
+            }
         }
         // The namespaces (and with them the links and rules) go with NetNs's drop.
         let _ = &self.hub;

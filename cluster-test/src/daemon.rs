@@ -96,7 +96,7 @@ impl Daemon {
     pub fn spawn(&mut self) {
         assert!(self.child.is_none(), "daemon already running");
         if let Some(mib) = self.options.data_tmpfs_mib {
-            self.mount_data_tmpfs(mib);
+            crate::tmpfs::mount(&self.data_dir(), mib);
         }
         let log = File::options()
             .create(true)
@@ -127,26 +127,6 @@ impl Daemon {
             cmd.arg("--keep-logs").arg(n.to_string());
         }
         self.child = Some(cmd.spawn().expect("spawn ipkeepd"));
-    }
-
-    fn mount_data_tmpfs(&self, mib: u64) {
-        let data = self.data_dir();
-        if is_mountpoint(&data) {
-            return;
-        }
-        std::fs::create_dir_all(&data).expect("data dir");
-        let status = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={mib}m,mode=0700"),
-                "tmpfs",
-            ])
-            .arg(&data)
-            .status()
-            .expect("exec mount");
-        assert!(status.success(), "mounting a tmpfs on {}", data.display());
     }
 
     /// Waits until the daemon answers on its socket as a leader with its log
@@ -232,24 +212,11 @@ fn status_at(socket: &Path) -> Result<NodeStatus, ClientError> {
     }
 }
 
-fn is_mountpoint(path: &Path) -> bool {
-    std::fs::read_to_string("/proc/self/mounts")
-        .map(|mounts| {
-            mounts
-                .lines()
-                .any(|l| l.split_whitespace().nth(1) == path.to_str())
-        })
-        .unwrap_or(false)
-}
-
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
-        if self.options.data_tmpfs_mib.is_some() && is_mountpoint(&self.data_dir()) {
-            let _ = Command::new("umount")
-                .arg("-l")
-                .arg(self.data_dir())
-                .status();
+        if self.options.data_tmpfs_mib.is_some() {
+            crate::tmpfs::unmount(&self.data_dir());
         }
         if std::thread::panicking() {
             let log = self.log();

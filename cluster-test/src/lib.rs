@@ -17,6 +17,7 @@ pub mod history;
 pub mod netns;
 pub mod procfs;
 pub mod rng;
+pub mod tmpfs;
 pub mod wait;
 pub mod workload;
 

@@ -1,12 +1,12 @@
 //! The disk under the data directory: full, then freed; files damaged.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
 
 use ipkeep_cluster_test::cni::{ipam, ipam_only_conf, CniCall, CniOutput};
 use ipkeep_cluster_test::ctl::{ctl, held};
 use ipkeep_cluster_test::daemon::{Daemon, DaemonOptions};
+use ipkeep_cluster_test::tmpfs::fill;
 use serde_json::json;
 
 fn add(d: &Daemon, cid: &str) -> CniOutput {
@@ -19,22 +19,6 @@ fn add(d: &Daemon, cid: &str) -> CniOutput {
         .attachment(cid, "eth0", &format!("/run/netns/{cid}"))
         .stdin(&conf)
         .run()
-}
-
-/// Writes zeros into `path` until the filesystem is full.
-fn fill(path: &Path) {
-    let mut file = std::fs::File::create(path).expect("filler");
-    let chunk = vec![0u8; 1 << 20];
-    loop {
-        match file.write(&chunk) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
-            Err(e) => panic!("filling {}: {e}", path.display()),
-        }
-    }
-    // The last partial chunk too: nothing left at all.
-    let _ = file.write_all(&[0u8; 4096]);
 }
 
 fn holding(d: &Daemon) -> BTreeMap<String, String> {

@@ -15,6 +15,7 @@ use crate::api_server::ApiServer;
 use crate::bootstrap::{bootstrap, FirstTask, Formation};
 use crate::config::Args;
 use crate::disk::DiskGuard;
+use crate::elections::{ElectionHolds, Hold};
 use crate::metrics::Metrics;
 use crate::metrics_server::MetricsServer;
 use crate::network::PeerNetwork;
@@ -140,12 +141,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     )
     .await
     .context("starting raft")?;
-    tokio::spawn({
+    let election_holds = {
         let raft = raft.clone();
+        ElectionHolds::new(move |on| raft.runtime_config().elect(on))
+    };
+    tokio::spawn({
+        let holds = election_holds.clone();
         crate::elections::hold_during_installs(
             installs,
             Duration::from_millis(config.election_timeout_min),
-            move |on| raft.runtime_config().elect(on),
+            move |on| holds.set(Hold::Installing, !on),
         )
     });
 
@@ -212,6 +217,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     let server = ApiServer::bind(&args.socket, args.max_api_connections as usize).await?;
     let expiring = tokio::spawn(crate::expiry::run(node.clone(), stop_rx.clone()));
+    tokio::spawn(crate::disk::watch(
+        node.clone(),
+        election_holds,
+        // An election timeout, plus the longest replication back-off.
+        Duration::from_millis(config.election_timeout_max + 500),
+        stop_rx.clone(),
+    ));
     let reconciling = tokio::spawn(crate::reconciler::run(node.clone(), stop_rx.clone()));
     let metrics_serving = match &args.metrics_listen {
         Some(addr) => {

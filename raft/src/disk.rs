@@ -11,11 +11,19 @@ use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use std::time::Duration;
+
+use ipkeep_api::message::DiskStatus;
 use ipkeep_api::ApiError;
+use openraft::ServerState;
+use tokio::sync::watch;
+
+use crate::elections::{ElectionHolds, Hold};
+use crate::node::Node;
 
 #[derive(Debug, Clone)]
 pub struct DiskGuard {
-    dir: PathBuf,
+    pub dir: PathBuf,
     floor: u64,
 }
 
@@ -33,6 +41,16 @@ pub fn available_bytes(path: &Path) -> std::io::Result<u64> {
 }
 
 impl DiskGuard {
+    /// Free space against the floor, now.
+    pub fn status(&self) -> Option<DiskStatus> {
+        let free = available_bytes(&self.dir).ok()?;
+        Some(DiskStatus {
+            free_bytes: free,
+            floor_bytes: self.floor,
+            low: self.floor > 0 && free < self.floor,
+        })
+    }
+
     pub fn new(dir: &Path, floor: u64) -> DiskGuard {
         DiskGuard {
             dir: dir.to_owned(),
@@ -63,21 +81,78 @@ impl DiskGuard {
     }
 }
 
-/// 1536 -> "1.5 KiB".
-pub fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
+/// How often the watcher looks at the free space.
+pub const WATCH_EVERY: Duration = Duration::from_secs(1);
+
+/// Watches this node's free space. Under the floor, the node takes no
+/// writes (see [`DiskGuard::check`]), refuses replicated entries (the peer
+/// server), starts no election, and, as leader, sends no heartbeats, so
+/// that a healthy voter's election timer runs out and it takes over: a
+/// leader that stays leader with a full disk answers "try again" to every
+/// write in the cluster. (openraft 0.9 has no leadership transfer; going
+/// quiet is how a leader hands over.) When space returns, all of it is
+/// undone. Returns when `stop` turns.
+///
+/// Elections come back `grace` after the space does: a follower that
+/// refused entries has heard from no leader meanwhile (openraft's
+/// replication backs off, heartbeats included), and campaigning before the
+/// leader's next message would depose a healthy leader for nothing.
+pub async fn watch(
+    node: std::sync::Arc<Node>,
+    holds: ElectionHolds,
+    grace: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(WATCH_EVERY);
+    let mut low = false;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => {}
+        }
+        let Some(status) = node.disk.status() else {
+            continue;
+        };
+        if status.low == low {
+            continue;
+        }
+        low = status.low;
+        node.raft.runtime_config().heartbeat(!low);
+        if low {
+            holds.set(Hold::DiskLow, true);
+        } else {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep(grace) => {}
+            }
+            if node.disk.status().is_some_and(|s| s.low) {
+                // Low again before the grace was over: as before.
+                low = true;
+                node.raft.runtime_config().heartbeat(false);
+                continue;
+            }
+            holds.set(Hold::DiskLow, false);
+        }
+        let leading = node.raft.metrics().borrow().state == ServerState::Leader;
+        if low {
+            tracing::warn!(
+                dir = %node.disk.dir.display(),
+                free = %human(status.free_bytes),
+                floor = %human(status.floor_bytes),
+                leading,
+                "the data directory is under its free-space floor: this node takes no writes, refuses replicated entries and starts no election{}",
+                if leading { "; it stops its heartbeats so that a healthy voter takes the lead" } else { "" }
+            );
+        } else {
+            tracing::info!(
+                free = %human(status.free_bytes),
+                "free space is back over the floor: writes, replication and elections resume"
+            );
+        }
     }
 }
+
+pub use ipkeep_api::units::bytes as human;
 
 #[cfg(test)]
 mod tests {
@@ -92,12 +167,5 @@ mod tests {
         assert_eq!(err.code, 11);
         assert!(err.to_string().contains("--min-free-space"), "{err}");
         assert!(err.to_string().contains(&dir.path().display().to_string()));
-    }
-
-    #[test]
-    fn sizes_read_as_people_write_them() {
-        assert_eq!(human(512), "512 B");
-        assert_eq!(human(1536), "1.5 KiB");
-        assert_eq!(human(64 << 20), "64.0 MiB");
     }
 }

@@ -10,9 +10,59 @@
 //! `ipkeep-bench --scale`, a follower restarted after the leader had purged
 //! its log). The node still grants votes meanwhile; it only does not ask.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
+
+/// A reason for this node to start no election.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// A snapshot from the leader is being installed.
+    Installing,
+    /// The data directory is under its free-space floor: as leader, this
+    /// node could commit nothing.
+    DiskLow,
+}
+
+impl Hold {
+    fn bit(self) -> u8 {
+        match self {
+            Hold::Installing => 1,
+            Hold::DiskLow => 2,
+        }
+    }
+}
+
+/// Elections are on while no hold is set.
+#[derive(Clone)]
+pub struct ElectionHolds {
+    held: Arc<Mutex<u8>>,
+    set_elect: Arc<dyn Fn(bool) + Send + Sync>,
+}
+
+impl ElectionHolds {
+    pub fn new(set_elect: impl Fn(bool) + Send + Sync + 'static) -> ElectionHolds {
+        ElectionHolds {
+            held: Arc::default(),
+            set_elect: Arc::new(set_elect),
+        }
+    }
+
+    pub fn set(&self, hold: Hold, on: bool) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let before = *held == 0;
+        if on {
+            *held |= hold.bit();
+        } else {
+            *held &= !hold.bit();
+        }
+        let after = *held == 0;
+        if before != after {
+            (self.set_elect)(after);
+        }
+    }
+}
 
 /// Turns elections off (`set_elect(false)`) when `installs` goes up, and on
 /// again `grace` after it comes down, unless another install began within
@@ -99,5 +149,26 @@ mod tests {
             .await
             .expect("the holder outlived the store")
             .unwrap();
+    }
+}
+
+#[cfg(test)]
+mod hold_tests {
+    use super::*;
+
+    #[test]
+    fn elections_are_on_only_while_no_hold_is_set() {
+        let switched = Arc::new(Mutex::new(Vec::new()));
+        let holds = ElectionHolds::new({
+            let switched = switched.clone();
+            move |on| switched.lock().unwrap().push(on)
+        });
+        holds.set(Hold::DiskLow, true);
+        holds.set(Hold::Installing, true);
+        holds.set(Hold::DiskLow, false);
+        assert_eq!(*switched.lock().unwrap(), vec![false], "still installing");
+        holds.set(Hold::Installing, false);
+        holds.set(Hold::Installing, false);
+        assert_eq!(*switched.lock().unwrap(), vec![false, true]);
     }
 }

@@ -104,6 +104,7 @@ impl Metrics {
         );
         register_state(&mut registry, node);
         register_raft(&mut registry, node);
+        register_disk(&mut registry, node);
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode_registry(&mut out, &registry);
@@ -276,5 +277,31 @@ fn register_raft(registry: &mut Registry, node: &Node) {
         "raft_replication_lag_entries",
         "On the leader: log entries each follower and learner is behind",
         lag,
+    );
+}
+
+fn register_disk(registry: &mut Registry, node: &Node) {
+    let Some(disk) = node.disk.status() else {
+        return;
+    };
+    let gauge = |v: u64| {
+        let g = Gauge::<i64>::default();
+        g.set(i64::try_from(v).unwrap_or(i64::MAX));
+        g
+    };
+    registry.register(
+        "disk_free_bytes",
+        "Free space in the data directory's filesystem",
+        gauge(disk.free_bytes),
+    );
+    registry.register(
+        "disk_floor_bytes",
+        "The free space under which the node takes no writes and no replicated entries (--min-free-space)",
+        gauge(disk.floor_bytes),
+    );
+    registry.register(
+        "disk_low",
+        "1 while the data directory is under its free-space floor",
+        gauge(u64::from(disk.low)),
     );
 }

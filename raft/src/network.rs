@@ -104,6 +104,9 @@ impl PeerClient {
             }
         };
         match conn.call(&request, timeout).await {
+            Ok(PeerResponse::Refused(reason)) => Err(Failure::Unreachable(ConnError::Io(
+                std::io::Error::other(format!("node {} refused: {reason}", self.target)),
+            ))),
             Ok(response) => Ok(response),
             Err(e) => {
                 // Never reuse a connection whose last exchange failed: its

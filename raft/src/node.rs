@@ -595,6 +595,7 @@ impl Node {
             learners,
             last_snapshot_built: self.snapshot_stats.last_built(),
             last_snapshot_installed: self.snapshot_stats.last_installed(),
+            disk: self.disk.status(),
         }
     }
 }

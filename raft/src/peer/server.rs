@@ -125,6 +125,20 @@ async fn serve_connection(
 }
 
 async fn handle(node: &Node, request: PeerRequest) -> PeerResponse {
+    // Entries and snapshots are written to disk: under the floor they are
+    // refused (the leader backs off and sends them again once space has
+    // returned), so that a full disk stops replication to this node, not
+    // the node. Heartbeats and votes write next to nothing and go on.
+    let writes = match &request {
+        PeerRequest::Append(r) => !r.entries.is_empty(),
+        PeerRequest::Snapshot(_) => true,
+        _ => false,
+    };
+    if writes {
+        if let Err(e) = node.disk.check() {
+            return PeerResponse::Refused(e.details);
+        }
+    }
     match request {
         PeerRequest::Append(r) => PeerResponse::Append(node.raft.append_entries(r).await),
         PeerRequest::Vote(r) => PeerResponse::Vote(node.raft.vote(r).await),

@@ -60,4 +60,7 @@ pub enum PeerResponse {
     ReadIndex(Result<u64, ForwardError>),
     Membership(Result<(), ForwardError>),
     Status(NodeStatus),
+    /// The node cannot take this request now (its disk is under the floor):
+    /// the sender backs off as from an unreachable node and tries again.
+    Refused(String),
 }

@@ -1,18 +1,32 @@
 //! The Raft state kept beside the log segments, one small file each: the
 //! vote, the last purged log id and the committed log id.
 //!
-//! The vote and the purge point are replaced atomically (a new file,
-//! fsynced, renamed over the old one, the directory fsynced): a vote must
-//! survive a crash or a restarted node could vote twice in one term, and
-//! segments are deleted only after the purge point that covers them is on
-//! disk. The committed log id is a hint (a restarted node re-applies up to
-//! it sooner) written in place without an fsync; when it is torn or missing
-//! it reads as none.
+//! The vote lives in two fixed slots of a file allocated whole when it is
+//! created (`vote.slots`, format below): each save writes the slot the last
+//! save did not, in place, and fsyncs it, so a vote needs no new disk
+//! space. A node whose disk had filled once stopped on ENOSPC when a
+//! candidate asked for its vote (a new file for each vote). A torn save
+//! leaves the other slot, the vote before it, which is right: the torn
+//! vote was never answered. The vote must survive a crash or a restarted
+//! node could vote twice in one term.
+//!
+//! The purge point is replaced atomically (a new file, fsynced, renamed
+//! over the old one, the directory fsynced): segments are deleted only
+//! after the purge point that covers them is on disk. The committed log id
+//! is a hint (a restarted node re-applies up to it sooner) written in place
+//! without an fsync; when it is torn or missing it reads as none.
+//!
+//! `vote.slots`: two slots of [`SLOT_LEN`] bytes; a slot is a log record
+//! (length, CRC-32, payload: the log's encoding of `(sequence, vote)`)
+//! padded with zeros; the valid slot with the higher sequence holds the
+//! vote. An older node's `vote` file (a single record of the vote) is moved
+//! into it at the first open.
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -22,13 +36,89 @@ use super::{decode, encode};
 use crate::storage::snapshot_file::{publish, write_synced};
 use crate::types::{LogId, Vote};
 
-const VOTE_FILE: &str = "vote";
+/// The vote as nodes before `vote.slots` kept it.
+const OLD_VOTE_FILE: &str = "vote";
+const VOTE_FILE: &str = "vote.slots";
+const SLOT_LEN: usize = 128;
 const PURGED_FILE: &str = "purged";
 const COMMITTED_FILE: &str = "committed";
 
 pub struct HardState {
     dir: PathBuf,
     committed: File,
+    vote: Mutex<VoteSlots>,
+}
+
+struct VoteSlots {
+    file: File,
+    /// The sequence number of the last save (0: none yet).
+    last: u64,
+}
+
+/// What a slot holds: its save's sequence number and the vote; None when
+/// it holds nothing valid.
+fn read_slot(bytes: &[u8]) -> Option<(u64, Vote)> {
+    decode::<(u64, Vote)>(record::single(bytes)?).ok()
+}
+
+/// The vote in a `vote.slots` file's bytes, with its sequence number.
+fn read_slots(path: &Path, bytes: &[u8]) -> Result<Option<(u64, Vote)>, Damaged> {
+    if bytes.len() != 2 * SLOT_LEN {
+        return Err(Damaged {
+            path: path.to_owned(),
+            reason: format!("{} bytes, expected {}", bytes.len(), 2 * SLOT_LEN),
+        });
+    }
+    let (a, b) = bytes.split_at(SLOT_LEN);
+    match (read_slot(a), read_slot(b)) {
+        (Some(x), Some(y)) => Ok(Some(if x.0 >= y.0 { x } else { y })),
+        (Some(x), None) | (None, Some(x)) => Ok(Some(x)),
+        // Both unreadable: a first save torn leaves the other slot zeros;
+        // anything else is damage.
+        (None, None) if a.iter().all(|&z| z == 0) || b.iter().all(|&z| z == 0) => Ok(None),
+        (None, None) => Err(Damaged {
+            path: path.to_owned(),
+            reason: "neither vote slot is readable".into(),
+        }),
+    }
+}
+
+fn slot_bytes(sequence: u64, vote: &Vote) -> io::Result<Vec<u8>> {
+    let mut bytes = framed(&(sequence, vote))?;
+    if bytes.len() > SLOT_LEN {
+        return Err(io::Error::other(format!(
+            "a vote of {} bytes does not fit its slot",
+            bytes.len()
+        )));
+    }
+    bytes.resize(SLOT_LEN, 0);
+    Ok(bytes)
+}
+
+/// Opens `vote.slots`, creating it whole (with the vote of an older node's
+/// `vote` file, if there is one) when it is not there yet.
+fn open_vote_slots(dir: &Path) -> io::Result<VoteSlots> {
+    let path = dir.join(VOTE_FILE);
+    if !path.exists() {
+        let old = dir.join(OLD_VOTE_FILE);
+        let inherited: Option<Vote> = read_framed(&old).map_err(io::Error::other)?;
+        let mut bytes = vec![0u8; 2 * SLOT_LEN];
+        if let Some(vote) = &inherited {
+            bytes[..SLOT_LEN].copy_from_slice(&slot_bytes(1, vote)?);
+        }
+        let tmp = dir.join(format!("{VOTE_FILE}.tmp"));
+        write_synced(&tmp, &bytes)?;
+        publish(&tmp, &path)?;
+        if inherited.is_some() {
+            std::fs::remove_file(&old)?;
+        }
+    }
+    let file = OpenOptions::new().read(true).write(true).open(&path)?;
+    let bytes = std::fs::read(&path)?;
+    let last = read_slots(&path, &bytes)
+        .map_err(io::Error::other)?
+        .map_or(0, |(sequence, _)| sequence);
+    Ok(VoteSlots { file, last })
 }
 
 /// A hard-state file that exists but cannot be read back.
@@ -71,9 +161,11 @@ impl HardState {
             .create(true)
             .truncate(false)
             .open(dir.join(COMMITTED_FILE))?;
+        let vote = Mutex::new(open_vote_slots(dir)?);
         Ok(HardState {
             dir: dir.to_owned(),
             committed,
+            vote,
         })
     }
 
@@ -85,12 +177,25 @@ impl HardState {
     }
 
     pub fn read_vote(&self) -> Result<Option<Vote>, Damaged> {
-        read_framed(&self.dir.join(VOTE_FILE))
+        let path = self.dir.join(VOTE_FILE);
+        let bytes = std::fs::read(&path).map_err(|e| Damaged {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(read_slots(&path, &bytes)?.map(|(_, vote)| vote))
     }
 
-    /// Returns once the vote is on disk.
+    /// Returns once the vote is on disk. Writes in place: no new space.
     pub fn save_vote(&self, vote: &Vote) -> io::Result<()> {
-        self.replace(VOTE_FILE, vote)
+        let mut slots = self.vote.lock().unwrap_or_else(|p| p.into_inner());
+        let sequence = slots.last + 1;
+        let offset = (sequence % 2) * SLOT_LEN as u64;
+        slots
+            .file
+            .write_all_at(&slot_bytes(sequence, vote)?, offset)?;
+        slots.file.sync_data()?;
+        slots.last = sequence;
+        Ok(())
     }
 
     pub fn read_purged(&self) -> Result<Option<LogId>, Damaged> {
@@ -145,12 +250,66 @@ mod tests {
         assert_eq!(again.read_vote().unwrap(), Some(vote));
         assert_eq!(again.read_purged().unwrap(), Some(log_id(2, 1, 40)));
         assert_eq!(again.read_committed(), Some(log_id(3, 2, 7)));
-        assert!(!dir.path().join("vote.tmp").exists());
+        assert!(!dir.path().join("vote.slots.tmp").exists());
 
-        std::fs::write(dir.path().join(VOTE_FILE), b"\x05\0\0\0garbage").unwrap();
+        std::fs::write(dir.path().join(VOTE_FILE), vec![0xa5; 2 * SLOT_LEN]).unwrap();
         let err = again.read_vote().unwrap_err();
         assert!(err.to_string().contains("vote"), "{err}");
         std::fs::write(dir.path().join(COMMITTED_FILE), b"torn").unwrap();
         assert_eq!(again.read_committed(), None, "a torn hint reads as none");
+    }
+
+    /// Votes alternate between the two slots, in place: the file never
+    /// grows, and a save torn half-way leaves the vote before it.
+    #[test]
+    fn votes_are_saved_in_place_and_a_torn_save_leaves_the_one_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let hard = HardState::open(dir.path()).unwrap();
+        let path = dir.path().join(VOTE_FILE);
+        for term in 1..=5 {
+            hard.save_vote(&Vote::new(term, 1)).unwrap();
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), 2 * SLOT_LEN as u64);
+        }
+        assert_eq!(hard.read_vote().unwrap(), Some(Vote::new(5, 1)));
+        // Term 5 went to slot 1; tear it.
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[SLOT_LEN + 10] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        let again = HardState::open(dir.path()).unwrap();
+        assert_eq!(again.read_vote().unwrap(), Some(Vote::new(4, 1)));
+        again.save_vote(&Vote::new(6, 1)).unwrap();
+        assert_eq!(again.read_vote().unwrap(), Some(Vote::new(6, 1)));
+    }
+
+    /// The persisted format, pinned: the bytes of a `vote.slots` file
+    /// holding Vote::new(3, 2) as its first save; and an older node's
+    /// `vote` file, moved into the slots at the first open.
+    #[test]
+    fn vote_file_fixtures_decode() {
+        // The first save (sequence 1) goes to the second slot.
+        const SLOT_1: &str = "0500000013658e730101030200";
+        let dir = tempfile::tempdir().unwrap();
+        let hard = HardState::open(dir.path()).unwrap();
+        hard.save_vote(&Vote::new(3, 2)).unwrap();
+        let bytes = std::fs::read(dir.path().join(VOTE_FILE)).unwrap();
+        let hex = |b: &[u8]| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        assert!(bytes[..SLOT_LEN].iter().all(|&b| b == 0));
+        assert_eq!(
+            hex(&bytes[SLOT_LEN..SLOT_LEN + 13]),
+            SLOT_1,
+            "the vote's encoding changed: version it"
+        );
+        assert!(bytes[SLOT_LEN + 13..].iter().all(|&b| b == 0));
+
+        const OLD_VOTE: &str = "04000000a26488a901030200";
+        let old = tempfile::tempdir().unwrap();
+        let raw: Vec<u8> = (0..OLD_VOTE.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&OLD_VOTE[i..i + 2], 16).unwrap())
+            .collect();
+        std::fs::write(old.path().join(OLD_VOTE_FILE), raw).unwrap();
+        let hard = HardState::open(old.path()).unwrap();
+        assert_eq!(hard.read_vote().unwrap(), Some(Vote::new(3, 2)));
+        assert!(!old.path().join(OLD_VOTE_FILE).exists());
     }
 }
