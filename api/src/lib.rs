@@ -6,6 +6,7 @@
 //! must stay free of async runtimes and heavy dependencies.
 
 pub mod client;
+pub mod clock;
 pub mod codec;
 pub mod error;
 pub mod fields;

@@ -108,6 +108,8 @@ pub enum Request {
     /// Serve the inner (read) request only after this node has applied
     /// everything the leader had committed when the request arrived.
     Linearize(#[serde(deserialize_with = "crate::nesting::bounded")] Box<Request>),
+    /// The digest of this node's state, with its applied index.
+    StateDigest,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,6 +139,7 @@ pub enum Response {
     /// A change that answers nothing more than that it was made.
     Done,
     Error(ApiError),
+    Digest(StateDigest),
 }
 
 impl Response {
@@ -165,6 +168,7 @@ impl Response {
             Response::Forgotten(_) => "Forgotten",
             Response::Done => "Done",
             Response::Error(_) => "Error",
+            Response::Digest(_) => "Digest",
         }
     }
 }
@@ -339,6 +343,16 @@ pub struct NodeStatus {
     /// Free space in the data directory against the floor; None when it
     /// cannot be read.
     pub disk: Option<DiskStatus>,
+}
+
+/// A replica's state in digests, part by part (`ipkeepctl state digest`):
+/// two replicas at the same applied index must show the same parts. Also
+/// what the replica found inconsistent in itself (nothing, when sound).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateDigest {
+    pub applied: Option<u64>,
+    pub parts: Vec<(String, u64)>,
+    pub inconsistencies: Vec<String>,
 }
 
 /// A node's data directory: free space, the floor under which it takes no

@@ -25,3 +25,15 @@ pub fn raise_fd_limit() -> u64 {
     }
     limit.rlim_cur
 }
+/// Bytes available to this process on the filesystem holding `path`.
+pub fn available_bytes(path: &std::path::Path) -> std::io::Result<u64> {
+    let c_path = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()))
+        .map_err(|_| std::io::Error::other("path holds a NUL byte"))?;
+    // SAFETY: statvfs writes into a zeroed local struct; the path is a valid
+    // NUL-terminated string that outlives the call.
+    let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stats) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(stats.f_bavail as u64 * stats.f_frsize as u64)
+}

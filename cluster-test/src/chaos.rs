@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::checker::{check, Expectations, PoolRule, Violation};
+use crate::checker::{check, Expectations, NodeDigest, PoolRule, SubnetRule, Violation};
 use crate::cluster::{Cluster, ClusterOptions, Direction};
 use crate::history::{FaultRecord, History, MinorityWindow, OpKind, Outcome};
 use crate::rng::Rng;
@@ -34,9 +34,12 @@ pub enum Fault {
     PauseFollower,
     KillAll,
     WipeAndRejoin,
+    DiskFullLeader,
+    DiskFullFollower,
+    ClockSkew,
 }
 
-const ALL_FAULTS: [Fault; 9] = [
+pub const ALL_FAULTS: [Fault; 12] = [
     Fault::KillLeader,
     Fault::KillFollower,
     Fault::PartitionMinority,
@@ -46,6 +49,9 @@ const ALL_FAULTS: [Fault; 9] = [
     Fault::PauseFollower,
     Fault::KillAll,
     Fault::WipeAndRejoin,
+    Fault::DiskFullLeader,
+    Fault::DiskFullFollower,
+    Fault::ClockSkew,
 ];
 
 impl Fault {
@@ -60,6 +66,9 @@ impl Fault {
             Fault::PauseFollower => "pause follower",
             Fault::KillAll => "kill-9 all nodes",
             Fault::WipeAndRejoin => "wipe and rejoin",
+            Fault::DiskFullLeader => "full disk on the leader",
+            Fault::DiskFullFollower => "full disk on a follower",
+            Fault::ClockSkew => "clock skew on a node",
         }
     }
 }
@@ -244,6 +253,38 @@ impl Run {
                 self.wipe_and_rejoin(victim, leader);
                 self.record(fault, vec![victim], from);
             }
+            Fault::DiskFullLeader | Fault::DiskFullFollower => {
+                let victim = if fault == Fault::DiskFullLeader {
+                    leader
+                } else {
+                    self.follower(leader)
+                };
+                // Every byte of the node's data directory's filesystem.
+                let filler = self.cluster.node(victim).data_dir().join("chaos-filler");
+                crate::tmpfs::fill(&filler);
+                self.hold(2000, 6000);
+                let _ = std::fs::remove_file(&filler);
+                self.record(fault, vec![victim], from);
+            }
+            Fault::ClockSkew => {
+                // A node (its daemon and the plugin calls on it) whose
+                // clock is a minute or two off either way.
+                let victim = *self.rng.pick(&ids);
+                let magnitude = 20_000 + self.rng.below(100_000) as i64;
+                let skew = if self.rng.unit() < 0.5 {
+                    magnitude
+                } else {
+                    -magnitude
+                };
+                self.cluster.kill9(victim);
+                self.cluster.set_clock_skew(victim, skew);
+                self.cluster.spawn(victim);
+                self.hold(3000, 8000);
+                self.cluster.kill9(victim);
+                self.cluster.set_clock_skew(victim, 0);
+                self.cluster.spawn(victim);
+                self.record(fault, vec![victim], from);
+            }
         }
         if self.cluster.leader().is_none() && self.leader_within(RECOVERY).is_none() {
             self.problems.push(format!(
@@ -338,6 +379,9 @@ pub fn run(options: ChaosOptions) -> ChaosReport {
                 format!("{}ms", LEAK_GRACE.as_millis()),
                 format!("{}ms", RECONCILE_EVERY.as_millis()),
             )),
+            // Small disks that the full-disk faults fill.
+            data_tmpfs_mib: Some(256),
+            extra_args: vec!["--min-free-space".into(), "16MiB".into()],
             ..Default::default()
         },
         &options.out,
@@ -382,6 +426,10 @@ pub fn run(options: ChaosOptions) -> ChaosReport {
         }],
         quotas: vec![("capped".into(), 10)],
         leak_grace_us: Some(LEAK_GRACE.as_micros() as u64),
+        subnets: vec![SubnetRule {
+            cidr: "10.200.0.0/23".parse().expect("cidr"),
+            gateway: Some("10.200.0.1".parse().expect("address")),
+        }],
     };
     let t0 = Instant::now();
     let workload = Workload::start(
@@ -462,8 +510,21 @@ pub fn run(options: ChaosOptions) -> ChaosReport {
         ));
     }
     let finals = run.cluster.final_states();
+    let digests: Vec<NodeDigest> = run
+        .cluster
+        .digests()
+        .into_iter()
+        .map(|(node, digest)| NodeDigest { node, digest })
+        .collect();
+    if digests.len() < options.nodes {
+        run.problems.push(format!(
+            "only {} of {} nodes gave their state digest at the end",
+            digests.len(),
+            options.nodes
+        ));
+    }
     let bound_us = (options.write_timeout_ms + 2000) * 1000;
-    let violations = check(&run.history, &finals, bound_us, &expect);
+    let violations = check(&run.history, &finals, &digests, bound_us, &expect);
     let summary = summarize(
         &options,
         &run.history,

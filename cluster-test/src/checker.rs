@@ -17,7 +17,22 @@
 //! (g) no namespace held more addresses at once than its quota;
 //! (h) nothing leaked: a pod whose namespace vanished without a DEL was
 //!     released by its node's reconciler by the end, and not before the
-//!     grace period (its address stays its own until then, for (a)).
+//!     grace period (its address stays its own until then, for (a)); and
+//!     nothing is held at the end that no acknowledged ADD accounts for
+//!     (the workload deletes what its failed calls may have left);
+//! (i) every address handed out lies inside its subnet and is neither its
+//!     network, broadcast nor gateway address;
+//! (j) every node's state, digested part by part (records of each kind,
+//!     each subnet's counters and free addresses, each pool's, the quota
+//!     usage), is the same on every node at the same applied index, and no
+//!     node finds its indexes contradicting its records (an address held
+//!     by two attachments shows there: the listings are by address).
+//!
+//! A failed DEL may or may not have been committed. A holding ends at the
+//! start of the first DEL after it, failed or not, unless the end state
+//! shows the attachment still held with the same addresses and no DEL of
+//! it succeeded: then none of its failed DELs was committed, and it holds
+//! its addresses to the end.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -91,6 +106,40 @@ pub enum Violation {
         cid: String,
         node: u64,
     },
+    Unaccounted {
+        cid: String,
+        node: u64,
+        addresses: Vec<String>,
+    },
+    InvalidAddress {
+        cid: String,
+        address: String,
+        reason: String,
+    },
+    DigestDiffers {
+        node: u64,
+        reference: u64,
+        applied: Option<u64>,
+        parts: Vec<String>,
+    },
+    Inconsistent {
+        node: u64,
+        finding: String,
+    },
+}
+
+/// A subnet as the checker sees it, for (i).
+#[derive(Debug, Clone)]
+pub struct SubnetRule {
+    pub cidr: ipnet::IpNet,
+    pub gateway: Option<IpAddr>,
+}
+
+/// One node's digest at the end (`Request::StateDigest`).
+#[derive(Debug, Clone)]
+pub struct NodeDigest {
+    pub node: u64,
+    pub digest: ipkeep_api::message::StateDigest,
 }
 
 /// A pool as the checker sees it: an address range for the pods of one
@@ -111,6 +160,8 @@ pub struct Expectations {
     pub quotas: Vec<(String, u64)>,
     /// The reconcilers' grace period, when they run.
     pub leak_grace_us: Option<u64>,
+    /// The subnets addresses come from, for (i).
+    pub subnets: Vec<SubnetRule>,
 }
 
 impl fmt::Display for Violation {
@@ -216,6 +267,32 @@ impl fmt::Display for Violation {
                 f,
                 "(h) {cid}'s namespace vanished without a DEL, yet node {node} still holds it at the end"
             ),
+            Violation::Unaccounted {
+                cid,
+                node,
+                addresses,
+            } => write!(
+                f,
+                "(h) node {node} holds {addresses:?} for {cid} at the end, which no acknowledged ADD accounts for"
+            ),
+            Violation::InvalidAddress {
+                cid,
+                address,
+                reason,
+            } => write!(f, "(i) {cid} got {address}, {reason}"),
+            Violation::DigestDiffers {
+                node,
+                reference,
+                applied,
+                parts,
+            } => write!(
+                f,
+                "(j) at applied index {applied:?}, node {node}'s state differs from node {reference}'s in {}",
+                parts.join(", ")
+            ),
+            Violation::Inconsistent { node, finding } => {
+                write!(f, "(j) node {node} contradicts itself: {finding}")
+            }
         }
     }
 }
@@ -232,6 +309,7 @@ struct Holding {
 
 fn holdings(
     history: &History,
+    finals: &[FinalState],
     leak_grace_us: Option<u64>,
     violations: &mut Vec<Violation>,
 ) -> Vec<Holding> {
@@ -268,9 +346,18 @@ fn holdings(
                 }
             }
         }
-        let until = ops
+        let dels: Vec<&&Op> = ops
             .iter()
             .filter(|o| o.kind == OpKind::Del && o.start >= from)
+            .collect();
+        let still_held =
+            !finals.is_empty() && finals.iter().all(|f| f.held.get(cid) == Some(&addresses));
+        // Held at the end and never deleted with success: no failed DEL of
+        // it was committed either.
+        let no_del_committed = still_held && dels.iter().all(|o| !o.outcome.is_ok());
+        let until = dels
+            .iter()
+            .filter(|_| !no_del_committed)
             .map(|o| o.start)
             .chain(vanished.get(cid).copied())
             .min();
@@ -292,12 +379,15 @@ fn in_range(a: IpAddr, first: IpAddr, last: IpAddr) -> bool {
 pub fn check(
     history: &History,
     finals: &[FinalState],
+    digests: &[NodeDigest],
     minority_bound_us: u64,
     expect: &Expectations,
 ) -> Vec<Violation> {
     let mut violations = Vec::new();
-    let holdings = holdings(history, expect.leak_grace_us, &mut violations);
+    let holdings = holdings(history, finals, expect.leak_grace_us, &mut violations);
     check_fixed(history, &holdings, expect, &mut violations);
+    check_addresses(&holdings, &expect.subnets, &mut violations);
+    check_digests(digests, &mut violations);
 
     // (a) overlapping acknowledged intervals on one address.
     let mut by_address: BTreeMap<&str, Vec<&Holding>> = BTreeMap::new();
@@ -400,9 +490,107 @@ pub fn check(
             });
         }
     }
+    // (h) what is held at the end is what acknowledged ADDs still hold.
+    let live: BTreeMap<&str, &Vec<String>> = holdings
+        .iter()
+        .filter(|h| h.until.is_none())
+        .map(|h| (h.cid.as_str(), &h.addresses))
+        .collect();
+    let vanished: std::collections::BTreeSet<&str> =
+        history.vanished.iter().map(|v| v.cid.as_str()).collect();
+    for f in finals {
+        for (cid, addresses) in &f.held {
+            if !live.contains_key(cid.as_str()) && !vanished.contains(cid.as_str()) {
+                violations.push(Violation::Unaccounted {
+                    cid: cid.clone(),
+                    node: f.node,
+                    addresses: addresses.clone(),
+                });
+            }
+        }
+    }
 
     check_minority(history, minority_bound_us, &mut violations);
     violations
+}
+
+/// (i): every acknowledged address is a host address of a subnet.
+fn check_addresses(holdings: &[Holding], subnets: &[SubnetRule], violations: &mut Vec<Violation>) {
+    if subnets.is_empty() {
+        return;
+    }
+    for h in holdings {
+        for a in &h.addresses {
+            let reason = match a.parse::<IpAddr>() {
+                Err(_) => Some("not an IP address".to_owned()),
+                Ok(addr) => match subnets.iter().find(|s| s.cidr.contains(&addr)) {
+                    None => Some("outside every subnet".to_owned()),
+                    Some(s) if addr == s.cidr.network() => {
+                        Some(format!("the network address of {}", s.cidr))
+                    }
+                    Some(s) if addr.is_ipv4() && addr == s.cidr.broadcast() => {
+                        Some(format!("the broadcast address of {}", s.cidr))
+                    }
+                    Some(s) if Some(addr) == s.gateway => {
+                        Some(format!("the gateway of {}", s.cidr))
+                    }
+                    Some(_) => None,
+                },
+            };
+            if let Some(reason) = reason {
+                violations.push(Violation::InvalidAddress {
+                    cid: h.cid.clone(),
+                    address: a.clone(),
+                    reason,
+                });
+            }
+        }
+    }
+}
+
+/// (j): digests equal at equal applied indexes, and no node inconsistent.
+fn check_digests(digests: &[NodeDigest], violations: &mut Vec<Violation>) {
+    for d in digests {
+        for finding in &d.digest.inconsistencies {
+            violations.push(Violation::Inconsistent {
+                node: d.node,
+                finding: finding.clone(),
+            });
+        }
+    }
+    let mut by_index: BTreeMap<Option<u64>, Vec<&NodeDigest>> = BTreeMap::new();
+    for d in digests {
+        by_index.entry(d.digest.applied).or_default().push(d);
+    }
+    for (applied, group) in by_index {
+        let reference = group[0];
+        let parts: BTreeMap<&String, u64> = reference
+            .digest
+            .parts
+            .iter()
+            .map(|(k, v)| (k, *v))
+            .collect();
+        for other in &group[1..] {
+            let theirs: BTreeMap<&String, u64> =
+                other.digest.parts.iter().map(|(k, v)| (k, *v)).collect();
+            let differing: Vec<String> = parts
+                .keys()
+                .chain(theirs.keys())
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .filter(|k| parts.get(*k) != theirs.get(*k))
+                .map(|k| (*k).clone())
+                .collect();
+            if !differing.is_empty() {
+                violations.push(Violation::DigestDiffers {
+                    node: other.node,
+                    reference: reference.node,
+                    applied,
+                    parts: differing,
+                });
+            }
+        }
+    }
 }
 
 /// (e), (f), (g).

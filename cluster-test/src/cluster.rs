@@ -121,7 +121,13 @@ pub struct Cluster {
     /// node -> (addresses it drops from, addresses it drops to)
     cuts: BTreeMap<u64, (BTreeSet<String>, BTreeSet<String>)>,
     outsider_ready: bool,
+    /// node -> how far its clock is off (ms), for its daemon and for the
+    /// plugin calls made on it (see `ipkeep_api::clock`).
+    skews: ClockSkews,
 }
+
+/// Shared with the workload, whose plugin calls on a node take its skew.
+pub type ClockSkews = std::sync::Arc<std::sync::Mutex<BTreeMap<u64, i64>>>;
 
 fn node_ip(id: u64) -> String {
     format!("10.254.0.{id}")
@@ -182,6 +188,7 @@ impl Cluster {
             secret_file,
             cuts: BTreeMap::new(),
             outsider_ready: false,
+            skews: ClockSkews::default(),
         };
         for id in cluster.ids() {
             cluster.spawn(id);
@@ -232,6 +239,37 @@ impl Cluster {
         &self.hub
     }
 
+    /// Gives node `id` a clock `ms` off (0: the system's) from its next
+    /// start on, and at once for plugin calls made on it.
+    pub fn set_clock_skew(&mut self, id: u64, ms: i64) {
+        let mut skews = self.skews.lock().unwrap_or_else(|p| p.into_inner());
+        if ms == 0 {
+            skews.remove(&id);
+        } else {
+            skews.insert(id, ms);
+        }
+    }
+
+    pub fn clock_skews(&self) -> ClockSkews {
+        self.skews.clone()
+    }
+
+    /// Every serving node's state digest (`Request::StateDigest`).
+    pub fn digests(&self) -> Vec<(u64, ipkeep_api::message::StateDigest)> {
+        self.ids()
+            .into_iter()
+            .filter(|&id| self.node(id).is_serving())
+            .filter_map(|id| {
+                let mut client =
+                    Client::connect(&self.node(id).socket(), Duration::from_secs(10)).ok()?;
+                match client.call(&Request::StateDigest) {
+                    Ok(Response::Digest(d)) => Some((id, d)),
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
     pub fn ids(&self) -> Vec<u64> {
         self.nodes.iter().map(|n| n.id).collect()
     }
@@ -258,6 +296,12 @@ impl Cluster {
         let first_id = self.ids()[0];
         let options = self.options.clone();
         let secret = self.secret_file.clone();
+        let skew = self
+            .skews
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .copied();
         let node = self.node_mut(id);
         assert!(node.child.is_none(), "node {id} already running");
         let log = File::options()
@@ -308,6 +352,10 @@ impl Cluster {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
+        match skew {
+            Some(ms) => cmd.env(ipkeep_api::clock::SKEW_ENV, ms.to_string()),
+            None => cmd.env_remove(ipkeep_api::clock::SKEW_ENV),
+        };
         if node.joined {
             cmd.arg("--join").args(["--default-subnet", "none"]);
         } else {

@@ -66,6 +66,9 @@ enum StickyPod {
     Cleanup(String),
 }
 
+/// How long the end of a run may take to delete what failed calls left.
+const CLEANUP_LIMIT: Duration = Duration::from_secs(60);
+
 pub struct Workload {
     stop: Arc<AtomicBool>,
     workers: Vec<JoinHandle<(Vec<Op>, Vec<Vanish>)>>,
@@ -77,6 +80,18 @@ struct Target {
     id: u64,
     socket: PathBuf,
     log: PathBuf,
+    /// The nodes' clock skews: a call on this node takes its skew.
+    skews: crate::cluster::ClockSkews,
+}
+
+impl Target {
+    fn skew_ms(&self) -> Option<i64> {
+        self.skews
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&self.id)
+            .copied()
+    }
 }
 
 fn conf(target: &Target, options: &WorkloadOptions, timeout_ms: u64) -> Value {
@@ -187,6 +202,10 @@ impl Worker {
                 .env("CNI_IFNAME", "eth0"),
         }
         .stdin(&conf);
+        let call = match target.skew_ms() {
+            Some(ms) => call.env(ipkeep_api::clock::SKEW_ENV, &ms.to_string()),
+            None => call,
+        };
         let start = self.t0.elapsed().as_micros() as u64;
         let out = call.run();
         let end = self.t0.elapsed().as_micros() as u64;
@@ -303,6 +322,26 @@ impl Worker {
         }
     }
 
+    /// At the end of a run, the DELs still owed: every attachment whose ADD
+    /// or DEL failed is deleted, retried as a runtime retries, so that
+    /// whatever such an ADD committed is released and the checker can hold
+    /// the end state to it (an attachment whose last call was an
+    /// acknowledged DEL is held nowhere). Gives up at `deadline`; what is
+    /// left then shows as held but unaccounted for.
+    fn finish_cleanups(&mut self, deadline: Instant) {
+        let me = self.me.clone();
+        let mut owed: Vec<String> = std::mem::take(&mut self.cleanup);
+        owed.extend(self.sticky.iter().filter_map(|p| match p {
+            StickyPod::Cleanup(cid) => Some(cid.clone()),
+            _ => None,
+        }));
+        for cid in owed {
+            while !self.call(OpKind::Del, &cid, &me).is_ok() && Instant::now() < deadline {
+                self.pace();
+            }
+        }
+    }
+
     /// After a failure a runtime backs off instead of hammering a node that is down.
     fn pace(&mut self) {
         thread::sleep(Duration::from_millis(50 + self.rng.below(100)));
@@ -324,6 +363,7 @@ impl Workload {
                 id: n.id,
                 socket: n.socket(),
                 log: n.dir.join("plugin.log"),
+                skews: cluster.clock_skews(),
             })
             .collect();
         let mut workers = Vec::new();
@@ -362,6 +402,7 @@ impl Workload {
                     while !stop.load(Ordering::Relaxed) {
                         worker.step();
                     }
+                    worker.finish_cleanups(Instant::now() + CLEANUP_LIMIT);
                     (worker.ops, worker.vanished)
                 }));
             }

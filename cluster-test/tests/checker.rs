@@ -4,7 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use ipkeep_cluster_test::checker::{check, Expectations, PoolRule, Violation};
+use ipkeep_api::message::StateDigest;
+use ipkeep_cluster_test::checker::{
+    check, Expectations, NodeDigest, PoolRule, SubnetRule, Violation,
+};
 use ipkeep_cluster_test::history::{
     FinalState, History, MinorityWindow, Op, OpKind, Outcome, Vanish,
 };
@@ -87,6 +90,7 @@ fn a_clean_history_passes() {
     let v = check(
         &h,
         &finals(&[1, 2, 3], &[("b", "10.0.0.2"), ("c", "10.0.0.3")]),
+        &[],
         BOUND,
         &Expectations::default(),
     );
@@ -102,6 +106,7 @@ fn a_duplicate_address_is_flagged() {
     let v = check(
         &h,
         &finals(&[1, 2], &[("a", "10.0.0.2"), ("b", "10.0.0.2")]),
+        &[],
         BOUND,
         &Expectations::default(),
     );
@@ -124,6 +129,7 @@ fn a_duplicate_address_is_flagged() {
     let v = check(
         &h,
         &finals(&[1], &[("b", "10.0.0.2")]),
+        &[],
         BOUND,
         &Expectations::default(),
     );
@@ -141,7 +147,7 @@ fn a_lost_allocation_is_flagged() {
     ]);
     let mut f = finals(&[1, 2, 3], &[("a", "10.0.0.2"), ("b", "10.0.0.3")]);
     f[2].held.remove("b");
-    let v = check(&h, &f, BOUND, &Expectations::default());
+    let v = check(&h, &f, &[], BOUND, &Expectations::default());
     assert!(
         v.iter()
             .any(|v| matches!(v, Violation::Lost { cid, node: 3, found: None, .. } if cid == "b")),
@@ -155,7 +161,7 @@ fn a_lost_allocation_is_flagged() {
     // Held with another address is lost too.
     let mut f = finals(&[1], &[("a", "10.0.0.2"), ("b", "10.0.0.9")]);
     f[0].node = 1;
-    let v = check(&h, &f, BOUND, &Expectations::default());
+    let v = check(&h, &f, &[], BOUND, &Expectations::default());
     assert!(
         v.iter()
             .any(|v| matches!(v, Violation::Lost { cid, found: Some(_), .. } if cid == "b")),
@@ -170,7 +176,7 @@ fn a_failed_or_deleted_add_is_not_expected_at_the_end() {
         add(1, "y", 0, 10, "10.0.0.4"),
         failed(2, OpKind::Del, "y", 20, 30, 11),
     ]);
-    assert!(check(&h, &finals(&[1], &[]), BOUND, &Expectations::default()).is_empty());
+    assert!(check(&h, &finals(&[1], &[]), &[], BOUND, &Expectations::default()).is_empty());
 }
 
 #[test]
@@ -182,6 +188,7 @@ fn a_retry_with_another_address_is_flagged() {
     let v = check(
         &h,
         &finals(&[1], &[("a", "10.0.0.2")]),
+        &[],
         BOUND,
         &Expectations::default(),
     );
@@ -210,7 +217,7 @@ fn the_minority_must_answer_11_in_time() {
         to: 20_000_000,
     });
     let f = finals(&[1], &[("guess", "10.0.0.9"), ("majority", "10.0.0.8")]);
-    let v = check(&h, &f, BOUND, &Expectations::default());
+    let v = check(&h, &f, &[], BOUND, &Expectations::default());
     let flagged = |cid: &str| {
         v.iter()
             .filter(|v| match v {
@@ -247,6 +254,7 @@ fn a_sticky_pod_that_moves_a_pool_leak_and_a_quota_overrun_are_flagged() {
         }],
         quotas: vec![("capped".into(), 1)],
         leak_grace_us: None,
+        subnets: vec![],
     };
     let h = history(vec![
         as_pod(add(1, "db-0.1", 0, 10, "10.0.1.10"), "sts", "db-0"),
@@ -271,7 +279,7 @@ fn a_sticky_pod_that_moves_a_pool_leak_and_a_quota_overrun_are_flagged() {
             ("c2", "10.0.0.51"),
         ],
     );
-    let v = check(&h, &f, BOUND, &expect);
+    let v = check(&h, &f, &[], BOUND, &expect);
     assert!(
         v.iter().any(|v| matches!(v, Violation::StickyMoved { .. })),
         "{v:?}"
@@ -303,7 +311,13 @@ fn a_sticky_pod_that_moves_a_pool_leak_and_a_quota_overrun_are_flagged() {
         as_pod(del(1, "c1", 11, 12), "capped", "c1"),
         as_pod(add(2, "c2", 5, 15, "10.0.0.51"), "capped", "c2"),
     ]);
-    let v = check(&h, &finals(&[1], &[("c2", "10.0.0.51")]), BOUND, &expect);
+    let v = check(
+        &h,
+        &finals(&[1], &[("c2", "10.0.0.51")]),
+        &[],
+        BOUND,
+        &expect,
+    );
     assert!(v.is_empty(), "{v:?}");
 }
 
@@ -317,6 +331,7 @@ fn an_attachment_back_after_its_acknowledged_del_is_flagged() {
     let v = check(
         &h,
         &finals(&[1, 2], &[("z", "10.0.0.9")]),
+        &[],
         BOUND,
         &Expectations::default(),
     );
@@ -327,7 +342,14 @@ fn an_attachment_back_after_its_acknowledged_del_is_flagged() {
         2,
         "{v:?}"
     );
-    assert!(check(&h, &finals(&[1, 2], &[]), BOUND, &Expectations::default()).is_empty());
+    assert!(check(
+        &h,
+        &finals(&[1, 2], &[]),
+        &[],
+        BOUND,
+        &Expectations::default()
+    )
+    .is_empty());
 }
 
 /// (h): a pod whose namespace vanished must be gone at the end, and its
@@ -374,7 +396,7 @@ fn a_leak_left_at_the_end_or_reclaimed_too_early_is_flagged() {
             ("alive", "10.0.0.4"),
         ],
     );
-    let v = check(&h, &end, BOUND, &expect);
+    let v = check(&h, &end, &[], BOUND, &expect);
     let leaked: Vec<&Violation> = v
         .iter()
         .filter(|x| matches!(x, Violation::Leaked { .. }))
@@ -395,4 +417,136 @@ fn a_leak_left_at_the_end_or_reclaimed_too_early_is_flagged() {
         "{v:?}"
     );
     assert_eq!(v.len(), 3, "{v:?}");
+}
+
+/// A DEL that failed and was not committed (the end state still holds the
+/// attachment) does not end its holding: an address given to another pod
+/// after it is held twice. Once, the holding ended at that DEL's start and
+/// the conflict was hidden.
+#[test]
+fn a_conflict_after_a_failed_uncommitted_del_is_flagged() {
+    let h = history(vec![
+        add(1, "a", 0, 10, "10.0.0.2"),
+        failed(1, OpKind::Del, "a", 20, 30, 11),
+        add(2, "b", 40, 50, "10.0.0.2"),
+    ]);
+    let v = check(
+        &h,
+        &finals(&[1, 2], &[("a", "10.0.0.2"), ("b", "10.0.0.2")]),
+        &[],
+        BOUND,
+        &Expectations::default(),
+    );
+    assert!(
+        v.iter().any(|v| matches!(v, Violation::TwoHolders { .. })),
+        "{v:?}"
+    );
+    // A failed DEL that was committed (the end state holds nothing for a)
+    // may have freed the address: no conflict.
+    let v = check(
+        &h,
+        &finals(&[1, 2], &[("b", "10.0.0.2")]),
+        &[],
+        BOUND,
+        &Expectations::default(),
+    );
+    assert!(v.is_empty(), "{v:?}");
+}
+
+/// Held at the end with no acknowledged ADD behind it (an ADD that answered
+/// 11 but committed, and no DEL since): a leak.
+#[test]
+fn an_attachment_held_at_the_end_that_no_acknowledged_add_accounts_for_is_flagged() {
+    let h = history(vec![failed(1, OpKind::Add, "ghost", 0, 10, 11)]);
+    let v = check(
+        &h,
+        &finals(&[1], &[("ghost", "10.0.0.9")]),
+        &[],
+        BOUND,
+        &Expectations::default(),
+    );
+    assert!(
+        v.iter().any(|v| matches!(v, Violation::Unaccounted { .. })),
+        "{v:?}"
+    );
+}
+
+#[test]
+fn addresses_outside_their_subnet_or_on_its_edges_are_flagged() {
+    let expect = Expectations {
+        subnets: vec![SubnetRule {
+            cidr: "10.0.0.0/24".parse().unwrap(),
+            gateway: Some("10.0.0.1".parse().unwrap()),
+        }],
+        ..Default::default()
+    };
+    let h = history(vec![
+        add(1, "net", 0, 10, "10.0.0.0"),
+        add(1, "gw", 0, 10, "10.0.0.1"),
+        add(1, "bcast", 0, 10, "10.0.0.255"),
+        add(1, "out", 0, 10, "10.0.1.7"),
+        add(1, "fine", 0, 10, "10.0.0.7"),
+    ]);
+    let end = finals(
+        &[1],
+        &[
+            ("net", "10.0.0.0"),
+            ("gw", "10.0.0.1"),
+            ("bcast", "10.0.0.255"),
+            ("out", "10.0.1.7"),
+            ("fine", "10.0.0.7"),
+        ],
+    );
+    let v = check(&h, &end, &[], BOUND, &expect);
+    let flagged: Vec<&str> = v
+        .iter()
+        .filter_map(|v| match v {
+            Violation::InvalidAddress { cid, .. } => Some(cid.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(flagged, vec!["bcast", "gw", "net", "out"], "{v:?}");
+}
+
+/// Two replicas at one applied index with another digest, and a replica
+/// that finds itself inconsistent, are flagged; replicas at different
+/// indexes are not compared.
+#[test]
+fn differing_digests_at_one_index_and_inconsistent_replicas_are_flagged() {
+    let digest = |applied: u64, free: u64, inconsistencies: Vec<String>| StateDigest {
+        applied: Some(applied),
+        parts: vec![("records:a".into(), 7), ("subnet:pods".into(), free)],
+        inconsistencies,
+    };
+    let nodes = vec![
+        NodeDigest {
+            node: 1,
+            digest: digest(40, 1, vec![]),
+        },
+        NodeDigest {
+            node: 2,
+            digest: digest(40, 2, vec![]),
+        },
+        NodeDigest {
+            node: 3,
+            digest: digest(41, 9, vec!["10.0.0.2 is held by x and by y".into()]),
+        },
+    ];
+    let v = check(
+        &history(vec![]),
+        &[],
+        &nodes,
+        BOUND,
+        &Expectations::default(),
+    );
+    assert!(
+        v.iter().any(|v| matches!(v, Violation::DigestDiffers { node: 2, reference: 1, parts, .. } if parts == &vec!["subnet:pods".to_string()])),
+        "{v:?}"
+    );
+    assert!(
+        v.iter()
+            .any(|v| matches!(v, Violation::Inconsistent { node: 3, .. })),
+        "{v:?}"
+    );
+    assert_eq!(v.len(), 2, "{v:?}");
 }

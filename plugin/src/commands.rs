@@ -80,10 +80,7 @@ fn version_info(json: Option<&Value>) -> Value {
 
 /// Now, and when the plugin stops waiting for the daemon.
 fn timing(settings: &Settings) -> Timing {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0);
+    let now = ipkeep_api::clock::now_us();
     Timing {
         issued_us: now,
         deadline_us: now + settings.timeout.as_micros() as u64,

@@ -347,5 +347,6 @@ fn request_kind(request: &Request) -> &'static str {
         Request::MemberPromote { .. } => "member-promote",
         Request::MemberRemove { .. } => "member-remove",
         Request::Linearize(inner) => request_kind(inner),
+        Request::StateDigest => "state-digest",
     }
 }

@@ -120,6 +120,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let listen = args.listen();
     let options = StorageOptions {
         cache_capacity: args.cache_mib << 20,
+        min_free_space: args.min_free_space,
     };
     let (log_store, state_machine) = storage::open(&args.data_dir, &options)?;
     let machine = state_machine.shared();

@@ -7,8 +7,6 @@
 //! data directory has less than a floor of free space left, and accepted
 //! again by itself once space returns.
 
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use std::time::Duration;
@@ -27,18 +25,7 @@ pub struct DiskGuard {
     floor: u64,
 }
 
-/// Bytes available to this process on the filesystem holding `path`.
-pub fn available_bytes(path: &Path) -> std::io::Result<u64> {
-    let c_path = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::other("path holds a NUL byte"))?;
-    // SAFETY: statvfs writes into a zeroed local struct; the path is a valid
-    // NUL-terminated string that outlives the call.
-    let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stats) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(stats.f_bavail as u64 * stats.f_frsize as u64)
-}
+pub use ipkeep_api::os::available_bytes;
 
 impl DiskGuard {
     /// Free space against the floor, now.

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::future::Future;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use ipkeep_api::message::{ClusterStatus, MemberHealth, MemberInfo, NodeStatus};
 use ipkeep_api::{code, ApiError};
@@ -54,16 +54,7 @@ pub struct Node {
 /// How long `ipkeepctl status` waits for each member.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
 
-pub fn now_ms() -> u64 {
-    now_us() / 1000
-}
-
-pub fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
+pub use ipkeep_api::clock::{now_ms, now_us};
 
 fn not_leader(leader: Option<u64>) -> ForwardError {
     ForwardError::NotLeader { leader }

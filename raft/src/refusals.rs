@@ -25,6 +25,8 @@ pub type RefusalCounters = Family<Vec<(String, String)>, Counter>;
 #[derive(Default)]
 struct Pending {
     by_reason: BTreeMap<&'static str, u64>,
+    /// The last detail given with each reason (why a handshake failed).
+    last_detail: BTreeMap<&'static str, String>,
     by_source: HashMap<String, u64>,
     other_sources: u64,
     /// When the last line was logged.
@@ -50,6 +52,12 @@ impl Refusals {
 
     /// One connection from `source` refused for `reason`.
     pub fn refused(&self, source: &str, reason: &'static str) {
+        self.refused_with(source, reason, None);
+    }
+
+    /// As [`Refusals::refused`], with what went wrong; the summary shows the
+    /// last detail of each reason.
+    pub fn refused_with(&self, source: &str, reason: &'static str, detail: Option<String>) {
         self.counters
             .get_or_create(&vec![
                 ("listener".to_owned(), self.listener.to_owned()),
@@ -58,6 +66,9 @@ impl Refusals {
             .inc();
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         *pending.by_reason.entry(reason).or_default() += 1;
+        if let Some(detail) = detail {
+            pending.last_detail.insert(reason, detail);
+        }
         if let Some(n) = pending.by_source.get_mut(source) {
             *n += 1;
         } else if pending.by_source.len() < MAX_SOURCES {
@@ -87,7 +98,10 @@ impl Refusals {
         let reasons = pending
             .by_reason
             .iter()
-            .map(|(reason, n)| format!("{n} {reason}"))
+            .map(|(reason, n)| match pending.last_detail.get(reason) {
+                Some(detail) => format!("{n} {reason} (last: {detail})"),
+                None => format!("{n} {reason}"),
+            })
             .collect::<Vec<_>>()
             .join(", ");
         let mut sources: Vec<(&String, &u64)> = pending.by_source.iter().collect();
@@ -108,6 +122,7 @@ impl Refusals {
             "refused connections: {reasons}"
         );
         pending.by_reason.clear();
+        pending.last_detail.clear();
         pending.by_source.clear();
         pending.other_sources = 0;
         pending.logged = Some(Instant::now());

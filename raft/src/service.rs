@@ -160,6 +160,11 @@ pub async fn handle(node: &Node, request: Request) -> Response {
             .await
             .map(|_| Response::SubnetDeleted),
         Request::IpList(req) => Ok(ip_list(node, &req)),
+        Request::StateDigest => {
+            let machine = node.machine.read();
+            let applied = machine.last_applied.map(|l| l.index);
+            Ok(Response::Digest(machine.state.digest(applied)))
+        }
     };
     outcome.unwrap_or_else(Response::Error)
 }

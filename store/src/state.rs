@@ -9,6 +9,8 @@
 //! they imply; the storage layer commits the journal atomically with the
 //! last-applied log id.
 
+mod audit;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::ops::Bound::{Excluded, Included, Unbounded};

@@ -339,6 +339,11 @@ impl SubnetState {
         self.cursor = cursor.map(addr_to_u128);
     }
 
+    /// The free addresses, as inclusive ranges in order.
+    pub fn free_ranges(&self) -> impl Iterator<Item = (u128, u128)> + '_ {
+        self.free.iter()
+    }
+
     pub fn usage(&self) -> SubnetUsage {
         SubnetUsage {
             assignable: self.assignable,

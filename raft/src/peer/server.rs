@@ -103,7 +103,11 @@ async fn serve_connection(
             // Nothing the peer sent has been decoded, let alone applied.
             handshake.failed();
             tracing::debug!(peer = %from, error = %e, "refused a peer connection");
-            refusals.refused(&from.ip().to_string(), "failed authentication");
+            refusals.refused_with(
+                &from.ip().to_string(),
+                "failed authentication",
+                Some(e.to_string()),
+            );
             return;
         }
     };

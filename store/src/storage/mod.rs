@@ -55,12 +55,17 @@ pub struct StorageOptions {
     /// sled's page cache, in bytes. sled's own default (1 GiB) is far more
     /// than a node needs.
     pub cache_capacity: u64,
+    /// Under this much free space in the data directory, no snapshot is
+    /// built (the last one stands until space returns): a build that runs
+    /// out of space half-way is fatal to Raft. 0: always build.
+    pub min_free_space: u64,
 }
 
 impl Default for StorageOptions {
     fn default() -> Self {
         StorageOptions {
             cache_capacity: 32 << 20,
+            min_free_space: 0,
         }
     }
 }
@@ -242,7 +247,8 @@ pub fn open(
         });
     }
     let purged = log_file.last_purged();
-    let state_machine = StateMachineStore::open(db.clone(), &db_path, snapshot_dir)?;
+    let state_machine =
+        StateMachineStore::open(db.clone(), &db_path, snapshot_dir, options.min_free_space)?;
     let log = LogStore::open(
         log_file,
         db,

@@ -119,6 +119,8 @@ struct Inner {
     /// Raised as snapshots are published: how far the log may be purged.
     floor: FloorRaiser,
     floor_watch: FloorWatch,
+    /// See [`super::StorageOptions::min_free_space`].
+    min_free_space: u64,
 }
 
 /// Raises `installing` for as long as it lives, whatever way the install
@@ -296,6 +298,7 @@ impl StateMachineStore {
         db: sled::Db,
         db_path: &Path,
         dir: PathBuf,
+        min_free_space: u64,
     ) -> Result<StateMachineStore, OpenError> {
         let db_err = |source| OpenError::Database {
             path: db_path.to_owned(),
@@ -393,6 +396,7 @@ impl StateMachineStore {
                 installing: watch::Sender::new(false),
                 floor,
                 floor_watch,
+                min_free_space,
             }),
         })
     }
@@ -534,8 +538,25 @@ impl StateMachineStore {
         Ok(replies)
     }
 
+    /// Whether the data directory is under its free-space floor now.
+    fn disk_low(&self) -> bool {
+        self.inner.min_free_space > 0
+            && ipkeep_api::os::available_bytes(&self.inner.dir)
+                .is_ok_and(|free| free < self.inner.min_free_space)
+    }
+
     /// Builds a snapshot file from the current state and makes it current.
+    /// Under the free-space floor it keeps the current snapshot instead
+    /// (openraft takes a build no newer than its last as nothing new, and
+    /// asks again later); with no snapshot at all it builds regardless.
     fn build_sync(&self) -> Result<(), StorageError> {
+        if self.disk_low() && self.current().is_some() {
+            tracing::warn!(
+                dir = %self.inner.dir.display(),
+                "the data directory is under its free-space floor: no snapshot is built until space returns"
+            );
+            return Ok(());
+        }
         let write_err = |e: &dyn std::error::Error| {
             StorageIOError::write_snapshot(None, AnyError::error(e.to_string()))
         };

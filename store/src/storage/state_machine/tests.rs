@@ -91,6 +91,7 @@ fn with_sink(store: &StateMachineStore, sink: impl Sink) -> StateMachineStore {
             installing: inner.installing.clone(),
             floor,
             floor_watch,
+            min_free_space: inner.min_free_space,
         }),
     }
 }
