@@ -2,9 +2,10 @@
 //! room.
 //!
 //! Every caller is root on this node, so callers are told apart by process:
-//! one process may hold at most [`MAX_PER_PROCESS`] connections (a runtime
-//! execs one plugin per call, each with one connection; ipkeepctl and the
-//! benchmarks a few). Once fewer than a sixteenth of the slots are free,
+//! one process may hold at most a quarter of the slots (a runtime execs one
+//! plugin per call, each with one connection; ipkeepctl holds one, the
+//! node-API benchmark a few hundred). Once fewer than a sixteenth of the
+//! slots are free,
 //! the node is under pressure: connections idle for [`PRESSURE_IDLE`] are
 //! closed (a client with a connection it is not using reconnects when it
 //! needs one), so that idle connections from many processes cannot starve
@@ -19,7 +20,6 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
-pub const MAX_PER_PROCESS: usize = 64;
 pub const PRESSURE_IDLE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +70,11 @@ impl ApiAdmission {
         (self.max / 16).max(1)
     }
 
+    /// The most one process may hold.
+    pub fn per_process(&self) -> usize {
+        (self.max / 4).max(1)
+    }
+
     /// True while idle connections should make room.
     pub fn pressure(&self) -> watch::Receiver<bool> {
         self.pressure.subscribe()
@@ -84,7 +89,7 @@ impl ApiAdmission {
         }
         if let Some(pid) = pid {
             let held = counts.by_process.entry(pid).or_default();
-            if *held >= MAX_PER_PROCESS {
+            if *held >= self.per_process() {
                 return Err(Refused::TooManyFromProcess);
             }
             *held += 1;
@@ -131,7 +136,8 @@ mod tests {
     #[test]
     fn one_process_holds_at_most_its_share_and_others_still_get_in() {
         let admission = ApiAdmission::new(1000);
-        let held: Vec<_> = (0..MAX_PER_PROCESS)
+        assert_eq!(admission.per_process(), 250);
+        let held: Vec<_> = (0..admission.per_process())
             .map(|_| admission.admit(Some(7)).expect("within the share"))
             .collect();
         assert_eq!(

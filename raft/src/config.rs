@@ -92,8 +92,8 @@ pub struct Args {
     pub restore: Option<PathBuf>,
 
     /// Node API connections served at once. One process may hold at most
-    /// 64; near the limit, connections idle for a second are closed to
-    /// make room.
+    /// a quarter of them; near the limit, connections idle for a second are
+    /// closed to make room.
     #[arg(long, env = "IPKEEP_MAX_API_CONNECTIONS", default_value_t = crate::api_admission::DEFAULT_MAX_CONNECTIONS as u64, value_parser = clap::value_parser!(u64).range(16..=1_000_000))]
     pub max_api_connections: u64,
 

@@ -15,6 +15,8 @@ pub mod records;
 pub mod state;
 pub mod storage;
 pub mod subnet;
+#[cfg(test)]
+mod test_commands;
 pub mod types;
 
 pub use command::{Command, Reply};

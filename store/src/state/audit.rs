@@ -175,33 +175,10 @@ impl State {
 
 #[cfg(test)]
 mod tests {
-    use ipkeep_api::message::AddRequest;
-    use ipkeep_api::model::{AttachmentKey, PodRef, SubnetSpec};
-
     use super::*;
     use crate::command::Command;
     use crate::held::Held;
-
-    fn add(cid: &str) -> Command {
-        Command::Add {
-            request: AddRequest {
-                key: AttachmentKey {
-                    network: "net".into(),
-                    container_id: cid.into(),
-                    ifname: "eth0".into(),
-                },
-                netns: format!("/run/netns/{cid}"),
-                subnets: vec![vec!["pods".into()]],
-                pod: PodRef::default(),
-                requested: vec![],
-                mac: Default::default(),
-                timing: Default::default(),
-            },
-            node: "n1".into(),
-            at_ms: 1,
-            issued_us: 1,
-        }
-    }
+    use crate::test_commands::{add, create_subnet};
 
     fn state_after(commands: &[Command]) -> State {
         let mut state = State::default();
@@ -213,10 +190,8 @@ mod tests {
     }
 
     fn commands(n: usize) -> Vec<Command> {
-        let mut v = vec![Command::CreateSubnet {
-            spec: SubnetSpec::plain("pods", "10.9.0.0/24".parse().unwrap()),
-        }];
-        v.extend((0..n).map(|i| add(&format!("c{i}"))));
+        let mut v = vec![create_subnet("pods", "10.9.0.0/24")];
+        v.extend((0..n).map(|i| add(&format!("c{i}"), "pods")));
         v
     }
 

@@ -104,7 +104,9 @@ fn open_vote_slots(dir: &Path) -> io::Result<VoteSlots> {
         let inherited: Option<Vote> = read_framed(&old).map_err(io::Error::other)?;
         let mut bytes = vec![0u8; 2 * SLOT_LEN];
         if let Some(vote) = &inherited {
-            bytes[..SLOT_LEN].copy_from_slice(&slot_bytes(1, vote)?);
+            // Sequence 1, in the slot a save of sequence 1 uses: the next
+            // save (2) goes to the other one, so a torn one leaves this.
+            bytes[SLOT_LEN..].copy_from_slice(&slot_bytes(1, vote)?);
         }
         let tmp = dir.join(format!("{VOTE_FILE}.tmp"));
         write_synced(&tmp, &bytes)?;
@@ -311,5 +313,15 @@ mod tests {
         let hard = HardState::open(old.path()).unwrap();
         assert_eq!(hard.read_vote().unwrap(), Some(Vote::new(3, 2)));
         assert!(!old.path().join(OLD_VOTE_FILE).exists());
+        // The next save goes to the other slot: torn, it leaves the vote
+        // moved in.
+        hard.save_vote(&Vote::new(4, 2)).unwrap();
+        let path = old.path().join(VOTE_FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        assert_eq!(hex(&bytes[SLOT_LEN..SLOT_LEN + 13]), SLOT_1);
+        bytes[5] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        let again = HardState::open(old.path()).unwrap();
+        assert_eq!(again.read_vote().unwrap(), Some(Vote::new(3, 2)));
     }
 }

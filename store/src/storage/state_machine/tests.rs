@@ -5,14 +5,13 @@
 use std::sync::mpsc;
 use std::time::Duration;
 
-use ipkeep_api::message::AddRequest;
-use ipkeep_api::model::{AttachmentKey, PodRef, SubnetSpec};
 use openraft::{CommittedLeaderId, EntryPayload};
 
 use super::*;
 use crate::command::Command;
 use crate::storage::state_writer::Sink;
 use crate::storage::{self, StorageOptions};
+use crate::test_commands;
 
 fn entry(index: u64, command: Command) -> Entry {
     Entry {
@@ -22,30 +21,11 @@ fn entry(index: u64, command: Command) -> Entry {
 }
 
 fn create_subnet() -> Command {
-    Command::CreateSubnet {
-        spec: SubnetSpec::plain("a", "10.30.0.0/16".parse().unwrap()),
-    }
+    test_commands::create_subnet("a", "10.30.0.0/16")
 }
 
 fn add(cid: &str) -> Command {
-    Command::Add {
-        request: AddRequest {
-            key: AttachmentKey {
-                network: "net".into(),
-                container_id: cid.into(),
-                ifname: "eth0".into(),
-            },
-            netns: format!("/run/netns/{cid}"),
-            subnets: vec![vec!["a".into()]],
-            pod: PodRef::default(),
-            requested: vec![],
-            mac: Default::default(),
-            timing: Default::default(),
-        },
-        node: "node-a".into(),
-        at_ms: 1_700_000_000_000,
-        issued_us: 1_700_000_000_000_000,
-    }
+    test_commands::add(cid, "a")
 }
 
 /// Opens the directory a store of this test has just closed.
