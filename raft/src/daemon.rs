@@ -122,7 +122,23 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         cache_capacity: args.cache_mib << 20,
         min_free_space: args.min_free_space,
     };
-    let (log_store, state_machine) = storage::open(&args.data_dir, &options)?;
+    let (log_store, state_machine) = match storage::open(&args.data_dir, &options) {
+        // A member can start over under its own id: its leader sends it a
+        // snapshot. A single node has nobody to take one from.
+        Err(e @ storage::OpenError::StateBehindLog { .. }) if secret.is_some() => {
+            tracing::warn!(error = %e, "the state is behind the log; starting over from the leader's snapshot");
+            storage::quarantine(&args.data_dir).with_context(|| {
+                format!(
+                    "moving the damaged state in {} aside",
+                    args.data_dir.display()
+                )
+            })?;
+            storage::open(&args.data_dir, &options)?
+        }
+        other => other?,
+    };
+    let recovery_target = storage::recovery_target(&args.data_dir)
+        .with_context(|| format!("reading the recovery marker in {}", args.data_dir.display()))?;
     let machine = state_machine.shared();
     let snapshot_stats = state_machine.snapshot_stats();
     let installs = state_machine.installs();
@@ -188,6 +204,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let recovering = crate::recovery::hold_until_applied(
+        node.clone(),
+        election_holds.clone(),
+        recovery_target,
+        args.data_dir.clone(),
+        stop_rx.clone(),
+    );
     // Whether this node is new is decided now, before any peer can reach
     // it: once the listener is up, a faster member's leader may replicate
     // the cluster's first entries here before bootstrap looks, and the
@@ -201,6 +224,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             Some(tokio::spawn(server.serve(
                 node.clone(),
                 secret.clone(),
+                recovering,
                 stop_rx.clone(),
             )))
         }
@@ -209,10 +233,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     bootstrap(
         &node,
         was_initialized,
-        &formation(&args),
+        // Recovering: it waits, as a joining node does, for its leader.
+        &if recovery_target.is_some() {
+            Formation::Join
+        } else {
+            formation(&args)
+        },
         &listen,
         &args.data_dir,
-        first_task(&args)?,
+        if recovery_target.is_some() {
+            None
+        } else {
+            first_task(&args)?
+        },
     )
     .await?;
 

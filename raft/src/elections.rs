@@ -23,6 +23,8 @@ pub enum Hold {
     /// The data directory is under its free-space floor: as leader, this
     /// node could commit nothing.
     DiskLow,
+    /// Starting over after its state fell behind its log (`recovery`).
+    Recovering,
 }
 
 impl Hold {
@@ -30,6 +32,7 @@ impl Hold {
         match self {
             Hold::Installing => 1,
             Hold::DiskLow => 2,
+            Hold::Recovering => 4,
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod network;
 pub mod node;
 pub mod peer;
 pub mod reconciler;
+pub mod recovery;
 pub mod refusals;
 pub mod service;
 pub mod write_batch;

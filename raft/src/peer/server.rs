@@ -35,10 +35,13 @@ impl PeerServer {
         Ok(PeerServer { listener })
     }
 
+    /// `recovering`: true while this node may not grant votes (see
+    /// `recovery`).
     pub async fn serve(
         self,
         node: Arc<Node>,
         secret: ClusterSecret,
+        recovering: watch::Receiver<bool>,
         mut stop: watch::Receiver<bool>,
     ) {
         let mut connections = JoinSet::new();
@@ -70,8 +73,18 @@ impl PeerServer {
                         continue;
                     };
                     let (node, secret, refusals) = (node.clone(), secret.clone(), refusals.clone());
+                    let recovering = recovering.clone();
                     connections.spawn(async move {
-                        serve_connection(node, secret, stream, from, handshake, &refusals).await;
+                        serve_connection(
+                            node,
+                            secret,
+                            stream,
+                            from,
+                            handshake,
+                            &refusals,
+                            &recovering,
+                        )
+                        .await;
                         drop(permit);
                     });
                 }
@@ -93,6 +106,7 @@ async fn serve_connection(
     from: SocketAddr,
     handshake: Handshake,
     refusals: &Refusals,
+    recovering: &watch::Receiver<bool>,
 ) {
     let mut conn = match PeerConn::accept(stream, &secret, node.id, HANDSHAKE_TIMEOUT).await {
         Ok(conn) => {
@@ -120,7 +134,7 @@ async fn serve_connection(
                 return;
             }
         };
-        let response = handle(&node, request).await;
+        let response = handle(&node, request, recovering).await;
         if let Err(e) = conn.send(&response).await {
             tracing::debug!(peer = %from, error = %e, "peer went away before its answer");
             return;
@@ -128,7 +142,17 @@ async fn serve_connection(
     }
 }
 
-async fn handle(node: &Node, request: PeerRequest) -> PeerResponse {
+async fn handle(
+    node: &Node,
+    request: PeerRequest,
+    recovering: &watch::Receiver<bool>,
+) -> PeerResponse {
+    if matches!(request, PeerRequest::Vote(_)) && *recovering.borrow() {
+        return PeerResponse::Refused(
+            "this node is recovering and votes again once it has applied the entries it lost"
+                .into(),
+        );
+    }
     // Entries and snapshots are written to disk: under the floor they are
     // refused (the leader backs off and sends them again once space has
     // returned), so that a full disk stops replication to this node, not

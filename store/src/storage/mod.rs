@@ -143,6 +143,9 @@ const DB_DIR: &str = "db";
 const LOG_DIR: &str = "log";
 const SNAPSHOT_DIR: &str = "snapshots";
 const WITNESS_FILE: &str = "commit.witness";
+/// Present while a node recovers from a state behind its log (see
+/// [`quarantine`]): the log index it must have applied before it votes.
+const RECOVERING_FILE: &str = "recovering";
 
 fn create_private_dir(path: &Path) -> Result<(), OpenError> {
     fs::DirBuilder::new()
@@ -265,4 +268,95 @@ pub fn open(
         });
     }
     Ok((log, state_machine))
+}
+
+/// For a member of a cluster whose state is behind its log's purge point
+/// with no snapshot to cover the difference ([`OpenError::StateBehindLog`]):
+/// moves everything but the vote aside, into `lost-<seconds>/` in the data
+/// directory, so that the node starts empty under its own id and its leader
+/// sends it a snapshot. Returns the index it must have applied before it may
+/// vote again: the last entry its log held (and at least what the commit
+/// witness says it acknowledged). Until then, the node's vote could elect a
+/// leader that lacks entries this node once acknowledged; the daemon refuses
+/// to vote or campaign meanwhile ([`recovery_target`]).
+///
+/// Restartable: the target is written first, and each move is a rename; a
+/// second call moves what the first left and keeps the higher target.
+pub fn quarantine(data_dir: &Path) -> std::io::Result<u64> {
+    let log_dir = data_dir.join(LOG_DIR);
+    let last = log_file::LogFile::open(&log_dir)
+        .map_err(std::io::Error::other)?
+        .last_log_id()
+        .map_or(0, |l| l.index);
+    let witnessed = match witness::CommitWitness::open(&data_dir.join(WITNESS_FILE)) {
+        Ok((_, recorded)) => recorded.saturating_sub(1),
+        Err(_) => 0,
+    };
+    let target = last
+        .max(witnessed)
+        .max(recovery_target(data_dir)?.unwrap_or(0));
+    let marker = data_dir.join(RECOVERING_FILE);
+    snapshot_file::write_synced(&marker, format!("{target}\n").as_bytes())?;
+    fs::File::open(data_dir)?.sync_all()?;
+
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let lost = data_dir.join(format!("lost-{seconds}"));
+    let lost_log = lost.join(LOG_DIR);
+    fs::create_dir_all(&lost_log)?;
+    // The witness first: without it a log moved away would read as lost
+    // writes at the next start.
+    let mut moves = vec![(data_dir.join(WITNESS_FILE), lost.join(WITNESS_FILE))];
+    if log_dir.is_dir() {
+        for entry in fs::read_dir(&log_dir)? {
+            let path = entry?.path();
+            let keep = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(log_file::is_vote_file);
+            if !keep {
+                moves.push((
+                    path.clone(),
+                    lost_log.join(path.file_name().unwrap_or_default()),
+                ));
+            }
+        }
+    }
+    moves.push((data_dir.join(SNAPSHOT_DIR), lost.join(SNAPSHOT_DIR)));
+    moves.push((data_dir.join(DB_DIR), lost.join(DB_DIR)));
+    for (from, to) in moves {
+        if from.exists() {
+            fs::rename(&from, &to)?;
+        }
+    }
+    fs::File::open(&log_dir).and_then(|d| d.sync_all()).ok();
+    fs::File::open(data_dir)?.sync_all()?;
+    tracing::warn!(
+        data_dir = %data_dir.display(),
+        moved_to = %lost.display(),
+        target,
+        "the state was behind the log's purge point: everything but the vote was moved aside; this node starts empty, takes a snapshot from its leader, and votes again once it has applied the entries it held"
+    );
+    Ok(target)
+}
+
+/// The index a recovering node must have applied before it votes (see
+/// [`quarantine`]); None when it is not recovering.
+pub fn recovery_target(data_dir: &Path) -> std::io::Result<Option<u64>> {
+    match fs::read_to_string(data_dir.join(RECOVERING_FILE)) {
+        Ok(text) => text.trim().parse().map(Some).map_err(|_| {
+            std::io::Error::other(format!("{RECOVERING_FILE}: not an index: {text:?}"))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The node has applied its recovery target: it may vote again.
+pub fn finish_recovery(data_dir: &Path) -> std::io::Result<()> {
+    match fs::remove_file(data_dir.join(RECOVERING_FILE)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }

@@ -580,12 +580,23 @@ impl StateMachineStore {
         // Straight into the file: held in memory whole, a million
         // allocations' snapshot added 100 MiB to the node while it built.
         let tmp = Staged::new(self.inner.dir.join(format!("{BUILDING}-{id}.tmp")));
-        let size = snapshot_file::encode_synced(
+        let encoded = snapshot_file::encode_synced(
             tmp.path(),
             &meta,
             captured.records().map(|r| (r.key(), r.value())),
-        )
-        .map_err(|e| write_err(&e))?;
+        );
+        let size = match encoded {
+            // The disk filled while the file was written: the last snapshot
+            // stands (as under the floor), and the file goes with `tmp`.
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && self.current().is_some() => {
+                tracing::warn!(
+                    dir = %self.inner.dir.display(),
+                    "no space left for a snapshot: the last one stands until space returns"
+                );
+                return Ok(());
+            }
+            other => other.map_err(|e| write_err(&e))?,
+        };
         drop(captured);
         // The state must be on disk at least up to the snapshot before the log
         // behind it can be purged.

@@ -55,6 +55,12 @@ struct VoteSlots {
     last: u64,
 }
 
+/// Whether `name`, in the log directory, holds the vote (the one thing a
+/// node that starts over under its own id must keep).
+pub fn is_vote_file(name: &str) -> bool {
+    name == VOTE_FILE || name == OLD_VOTE_FILE
+}
+
 /// What a slot holds: its save's sequence number and the vote; None when
 /// it holds nothing valid.
 fn read_slot(bytes: &[u8]) -> Option<(u64, Vote)> {

@@ -31,7 +31,7 @@ use ipkeep_api::codec;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-pub use hard_state::{Damaged, HardState};
+pub use hard_state::{is_vote_file, Damaged, HardState};
 
 use crate::types::{Entry, LogId};
 
