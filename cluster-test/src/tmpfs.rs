@@ -1,5 +1,5 @@
 //! Small disks for tests: a tmpfs mounted on a data directory, and a file
-//! that fills it to the last byte.
+//! that fills it (to the last byte, or to a given free space).
 
 use std::io::Write;
 use std::path::Path;
@@ -58,4 +58,26 @@ pub fn fill(path: &Path) {
     }
     // The last partial chunk too: nothing left at all.
     let _ = file.write_all(&[0u8; 4096]);
+}
+
+/// Writes zeros into `path` until the filesystem has at most `leave` bytes
+/// free (a disk run down under a node's floor, with room left for the writes
+/// already under way).
+pub fn fill_leaving(path: &Path, leave: u64) {
+    let dir = path.parent().expect("a file in a directory");
+    let mut file = std::fs::File::create(path).expect("filler");
+    let chunk = vec![0u8; 1 << 20];
+    loop {
+        let free = ipkeep_api::os::available_bytes(dir).expect("free space");
+        if free <= leave {
+            break;
+        }
+        let n = (free - leave).min(chunk.len() as u64) as usize;
+        match file.write(&chunk[..n]) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+            Err(e) => panic!("filling {}: {e}", path.display()),
+        }
+    }
 }
