@@ -273,7 +273,7 @@ fn a_peer_without_the_secret_is_refused_and_changes_nothing() {
         || {
             std::fs::read_to_string(&log2)
                 .unwrap()
-                .contains("does not know the cluster secret")
+                .contains("refused connections: 1 failed authentication")
                 .then_some(())
         },
     );

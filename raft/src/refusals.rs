@@ -17,6 +17,8 @@ use prometheus_client::metrics::family::Family;
 pub const SUMMARY_PERIOD: Duration = Duration::from_secs(10);
 /// Sources a summary names.
 const TOP_SOURCES: usize = 3;
+/// Distinct details a summary shows per reason.
+const MAX_DETAILS: usize = 3;
 /// Sources remembered between summaries; the rest are counted as "other".
 const MAX_SOURCES: usize = 1024;
 
@@ -25,8 +27,9 @@ pub type RefusalCounters = Family<Vec<(String, String)>, Counter>;
 #[derive(Default)]
 struct Pending {
     by_reason: BTreeMap<&'static str, u64>,
-    /// The last detail given with each reason (why a handshake failed).
-    last_detail: BTreeMap<&'static str, String>,
+    /// The distinct details given with each reason (why a handshake
+    /// failed), the first few.
+    details: BTreeMap<&'static str, Vec<String>>,
     by_source: HashMap<String, u64>,
     other_sources: u64,
     /// When the last line was logged.
@@ -55,8 +58,8 @@ impl Refusals {
         self.refused_with(source, reason, None);
     }
 
-    /// As [`Refusals::refused`], with what went wrong; the summary shows the
-    /// last detail of each reason.
+    /// As [`Refusals::refused`], with what went wrong; the summary shows
+    /// the first few distinct details of each reason.
     pub fn refused_with(&self, source: &str, reason: &'static str, detail: Option<String>) {
         self.counters
             .get_or_create(&vec![
@@ -67,7 +70,10 @@ impl Refusals {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         *pending.by_reason.entry(reason).or_default() += 1;
         if let Some(detail) = detail {
-            pending.last_detail.insert(reason, detail);
+            let seen = pending.details.entry(reason).or_default();
+            if seen.len() < MAX_DETAILS && !seen.contains(&detail) {
+                seen.push(detail);
+            }
         }
         if let Some(n) = pending.by_source.get_mut(source) {
             *n += 1;
@@ -98,8 +104,8 @@ impl Refusals {
         let reasons = pending
             .by_reason
             .iter()
-            .map(|(reason, n)| match pending.last_detail.get(reason) {
-                Some(detail) => format!("{n} {reason} (last: {detail})"),
+            .map(|(reason, n)| match pending.details.get(reason) {
+                Some(details) => format!("{n} {reason} ({})", details.join("; ")),
                 None => format!("{n} {reason}"),
             })
             .collect::<Vec<_>>()
@@ -122,7 +128,7 @@ impl Refusals {
             "refused connections: {reasons}"
         );
         pending.by_reason.clear();
-        pending.last_detail.clear();
+        pending.details.clear();
         pending.by_source.clear();
         pending.other_sources = 0;
         pending.logged = Some(Instant::now());
