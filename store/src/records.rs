@@ -12,7 +12,11 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// Version of the record encoding, the first byte of every stored value.
-const RECORD_VERSION: u8 = 2;
+/// Version 3 added the leader's time of burial to tombstones; a version-2
+/// record of any other kind is the same bytes, and a version-2 tombstone is
+/// read with its issued time in place of the burial time it did not keep.
+const RECORD_VERSION: u8 = 3;
+const RECORD_VERSION_BEFORE_BURIAL: u8 = 2;
 
 /// Largest record the decoder accepts (an allocation is a few hundred bytes).
 const MAX_RECORD: u64 = 1 << 20;
@@ -51,10 +55,13 @@ pub enum Record {
         seq: u64,
         entry: HistoryEntry,
     },
-    /// A recent DEL of an attachment, and when it was issued.
+    /// A recent DEL of an attachment: when its caller issued it (the fence
+    /// against older ADDs) and the leader's time when it was applied (its
+    /// age, for pruning).
     Tombstone {
         key: AttachmentKey,
         issued_us: u64,
+        buried_ms: u64,
     },
 }
 
@@ -69,7 +76,7 @@ pub enum Change {
 pub enum RecordError {
     #[error("record {key:?} has unknown kind")]
     UnknownKind { key: String },
-    #[error("record {key:?} has encoding version {version}, this binary reads {RECORD_VERSION}")]
+    #[error("record {key:?} has encoding version {version}, this binary reads {RECORD_VERSION_BEFORE_BURIAL} and {RECORD_VERSION}")]
     Version { key: String, version: u8 },
     #[error("record {key:?} is empty")]
     Empty { key: String },
@@ -148,18 +155,44 @@ pub fn encode_value<T: Serialize>(value: &T) -> Vec<u8> {
 
 pub fn decode_value<T: DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T, RecordError> {
     let show = || String::from_utf8_lossy(key).replace('\0', "/");
+    let (_, body) = versioned(key, value)?;
+    codec::decode(body, MAX_RECORD).map_err(|source| RecordError::Decode {
+        key: show(),
+        source,
+    })
+}
+
+/// A stored value's encoding version (one this binary reads) and its body.
+fn versioned<'v>(key: &[u8], value: &'v [u8]) -> Result<(u8, &'v [u8]), RecordError> {
+    let show = || String::from_utf8_lossy(key).replace('\0', "/");
     let (&version, body) = value
         .split_first()
         .ok_or_else(|| RecordError::Empty { key: show() })?;
-    if version != RECORD_VERSION {
+    if version != RECORD_VERSION && version != RECORD_VERSION_BEFORE_BURIAL {
         return Err(RecordError::Version {
             key: show(),
             version,
         });
     }
-    codec::decode(body, MAX_RECORD).map_err(|source| RecordError::Decode {
-        key: show(),
-        source,
+    Ok((version, body))
+}
+
+fn decode_tombstone(key: &[u8], value: &[u8]) -> Result<Record, RecordError> {
+    let (version, _) = versioned(key, value)?;
+    Ok(if version == RECORD_VERSION_BEFORE_BURIAL {
+        let (key, issued_us): (AttachmentKey, u64) = decode_value(key, value)?;
+        Record::Tombstone {
+            key,
+            issued_us,
+            buried_ms: issued_us / 1000,
+        }
+    } else {
+        let (key, issued_us, buried_ms): (AttachmentKey, u64, u64) = decode_value(key, value)?;
+        Record::Tombstone {
+            key,
+            issued_us,
+            buried_ms,
+        }
     })
 }
 
@@ -188,7 +221,11 @@ impl Record {
             Record::Binding(b) => encode_value(b),
             Record::Allocation(a) => encode_value(a),
             Record::History { entry, .. } => encode_value(entry),
-            Record::Tombstone { key, issued_us } => encode_value(&(key, issued_us)),
+            Record::Tombstone {
+                key,
+                issued_us,
+                buried_ms,
+            } => encode_value(&(key, issued_us, buried_ms)),
         }
     }
 
@@ -229,10 +266,7 @@ impl Record {
                     entry: decode_value(key, value)?,
                 }
             }
-            Some(&TOMBSTONE) => {
-                let (key, issued_us): (AttachmentKey, u64) = decode_value(key, value)?;
-                Record::Tombstone { key, issued_us }
-            }
+            Some(&TOMBSTONE) => decode_tombstone(key, value)?,
             _ => return Err(RecordError::UnknownKind { key: show() }),
         };
         if record.key() != key {
@@ -242,5 +276,60 @@ impl Record {
             });
         }
         Ok(record)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attachment() -> AttachmentKey {
+        AttachmentKey {
+            network: "net".into(),
+            container_id: "c1".into(),
+            ifname: "eth0".into(),
+        }
+    }
+
+    const KEY: &[u8] = b"t/net\0c1\0eth0";
+
+    /// The stored format of a tombstone, pinned: changing it must be a
+    /// deliberate act with a new version.
+    #[test]
+    fn a_tombstone_is_stored_as_these_bytes() {
+        let record = Record::Tombstone {
+            key: attachment(),
+            issued_us: 1_000,
+            buried_ms: 7,
+        };
+        assert_eq!(record.key(), KEY);
+        let value = [
+            3, 3, b'n', b'e', b't', 2, b'c', b'1', 4, b'e', b't', b'h', b'0', 0xfb, 0xe8, 0x03, 7,
+        ];
+        assert_eq!(record.value(), value);
+        assert_eq!(Record::decode(KEY, &value).unwrap(), record);
+    }
+
+    #[test]
+    fn a_tombstone_of_version_2_is_read_with_its_issued_time_as_its_burial() {
+        let value = [
+            2, 3, b'n', b'e', b't', 2, b'c', b'1', 4, b'e', b't', b'h', b'0', 0xfb, 0xe8, 0x03,
+        ];
+        assert_eq!(
+            Record::decode(KEY, &value).unwrap(),
+            Record::Tombstone {
+                key: attachment(),
+                issued_us: 1_000,
+                buried_ms: 1,
+            }
+        );
+    }
+
+    #[test]
+    fn a_record_of_a_newer_version_is_refused_by_name() {
+        let value = [4, 0];
+        let e = Record::decode(KEY, &value).unwrap_err();
+        assert!(matches!(e, RecordError::Version { version: 4, .. }), "{e}");
+        assert!(e.to_string().contains("encoding version 4"), "{e}");
     }
 }

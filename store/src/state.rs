@@ -31,10 +31,20 @@ use crate::subnet::{addr_to_u128, SubnetState};
 /// Most entries one page of `ip list` carries.
 pub const MAX_PAGE: u32 = 10_000;
 
-/// How long a DEL fences off ADDs of the same attachment issued before it.
-/// A stale ADD is late by at most a write timeout (seconds); a minute is
-/// ample, and keeps the tombstones few.
-pub const TOMBSTONE_WINDOW_US: u64 = 60_000_000;
+/// How long a DEL fences off ADDs of the same attachment issued before it,
+/// counted on the leader's clock from when the DEL was applied. A stale ADD
+/// is late by at most a write timeout (seconds); a minute is ample, and
+/// keeps the tombstones few.
+pub const TOMBSTONE_WINDOW_MS: u64 = 60_000;
+
+/// A recent DEL of an attachment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Tombstone {
+    /// When the DEL's caller issued it: ADDs issued before are void.
+    issued_us: u64,
+    /// The leader's stamp when the DEL was applied: the tombstone's age.
+    buried_ms: u64,
+}
 
 /// A pod name: (namespace, name). Sticky bindings are keyed by it.
 pub type PodName = (String, String);
@@ -90,8 +100,9 @@ pub struct State {
     /// (subnet, namespace) -> addresses held or bound by the namespace's pods.
     usage: BTreeMap<(String, String), u64>,
     history: HistoryLog,
-    /// attachment -> when its latest DEL (or GC) was issued, for a minute.
-    tombstones: BTreeMap<AttachmentKey, u64>,
+    /// attachment -> its latest DEL (or GC), for a minute.
+    tombstones: BTreeMap<AttachmentKey, Tombstone>,
+    /// (buried_ms, attachment), oldest first, for pruning.
     tombstones_by_time: BTreeSet<(u64, AttachmentKey)>,
 }
 
@@ -183,9 +194,10 @@ impl State {
             .chain(
                 self.tombstones
                     .iter()
-                    .map(|(key, issued_us)| Record::Tombstone {
+                    .map(|(key, tombstone)| Record::Tombstone {
                         key: key.clone(),
-                        issued_us: *issued_us,
+                        issued_us: tombstone.issued_us,
+                        buried_ms: tombstone.buried_ms,
                     }),
             )
     }
@@ -202,32 +214,51 @@ impl State {
 
     /// When the latest DEL of an attachment was issued, within the window.
     pub fn tombstone(&self, key: &AttachmentKey) -> Option<u64> {
-        self.tombstones.get(key).copied()
+        self.tombstones.get(key).map(|t| t.issued_us)
     }
 
-    /// Remembers a DEL of an attachment, and forgets those older than the
-    /// window (measured on the commands' own stamps: deterministic).
-    pub(crate) fn bury(&mut self, key: AttachmentKey, issued_us: u64, journal: &mut Vec<Change>) {
-        let horizon = issued_us.saturating_sub(TOMBSTONE_WINDOW_US);
-        while let Some((t, old)) = self.tombstones_by_time.first().cloned() {
-            if t >= horizon {
+    /// Remembers a DEL of an attachment issued at `issued_us` (the caller's
+    /// clock: the fence), and forgets those buried longer ago than the
+    /// window. The age is measured on the leader's stamp `at_ms` alone, so
+    /// a node whose clock runs fast cannot age every other node's fences.
+    pub(crate) fn bury(
+        &mut self,
+        key: AttachmentKey,
+        issued_us: u64,
+        at_ms: u64,
+        journal: &mut Vec<Change>,
+    ) {
+        let horizon = at_ms.saturating_sub(TOMBSTONE_WINDOW_MS);
+        while let Some((buried_ms, old)) = self.tombstones_by_time.first().cloned() {
+            if buried_ms >= horizon {
                 break;
             }
-            self.tombstones_by_time.remove(&(t, old.clone()));
+            self.tombstones_by_time.remove(&(buried_ms, old.clone()));
             self.tombstones.remove(&old);
             journal.push(Change::Delete(records::tombstone_key(&old)));
         }
-        let issued_us = match self.tombstones.get(&key) {
-            Some(&previous) if previous >= issued_us => return,
-            Some(&previous) => {
-                self.tombstones_by_time.remove(&(previous, key.clone()));
-                issued_us
+        match self.tombstones.get(&key) {
+            Some(previous) if previous.issued_us >= issued_us => return,
+            Some(previous) => {
+                self.tombstones_by_time
+                    .remove(&(previous.buried_ms, key.clone()));
             }
-            None => issued_us,
+            None => {}
+        }
+        let tombstone = Tombstone {
+            issued_us,
+            buried_ms: at_ms,
         };
-        self.tombstones_by_time.insert((issued_us, key.clone()));
-        self.tombstones.insert(key.clone(), issued_us);
-        journal.push(Record::Tombstone { key, issued_us }.to_change());
+        self.tombstones_by_time.insert((at_ms, key.clone()));
+        self.tombstones.insert(key.clone(), tombstone);
+        journal.push(
+            Record::Tombstone {
+                key,
+                issued_us,
+                buried_ms: at_ms,
+            }
+            .to_change(),
+        );
     }
 
     // ---- reads ------------------------------------------------------------
@@ -861,9 +892,19 @@ impl StateBuilder {
             // once, before the bindings they depend on are in.
             Record::Allocation(a) => self.allocations.push(Held::pack(&a)),
             Record::History { seq, entry } => state.history.insert(seq, entry),
-            Record::Tombstone { key, issued_us } => {
-                state.tombstones_by_time.insert((issued_us, key.clone()));
-                state.tombstones.insert(key, issued_us);
+            Record::Tombstone {
+                key,
+                issued_us,
+                buried_ms,
+            } => {
+                state.tombstones_by_time.insert((buried_ms, key.clone()));
+                state.tombstones.insert(
+                    key,
+                    Tombstone {
+                        issued_us,
+                        buried_ms,
+                    },
+                );
             }
         }
     }

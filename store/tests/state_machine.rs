@@ -412,14 +412,15 @@ fn an_add_issued_before_a_del_of_its_attachment_never_lands_after_it() {
     // The same attachment added again after its DEL (podman network connect
     // after disconnect) is a new ADD and gets an address.
     added(apply(&mut state, add_at(t + 6_000_000)).0);
-    // Tombstones outlive a rebuild, and go once the window has passed.
+    // Tombstones outlive a rebuild, and go once the window has passed on
+    // the leader's clock.
     let rebuilt = State::from_records(state.records()).unwrap();
     assert_eq!(rebuilt.tombstone(&key("late")), Some(t + 5_000_000));
     apply(
         &mut state,
         Command::Del {
             key: key("other"),
-            at_ms: 0,
+            at_ms: (t + 120_000_000) / 1000,
             issued_us: t + 120_000_000,
         },
     );
@@ -428,6 +429,61 @@ fn an_add_issued_before_a_del_of_its_attachment_never_lands_after_it() {
         None,
         "expired after the window"
     );
+}
+
+#[test]
+fn a_node_whose_clock_runs_fast_does_not_age_other_nodes_fences() {
+    let mut state = with_subnets(&[("a", "10.15.0.0/24")]);
+    // The leader's clock, and a node's that runs two minutes ahead of it.
+    let leader_ms = 1_700_000_000_000u64;
+    let fast_us = (leader_ms + 120_000) * 1000;
+    let late_add = Command::Add {
+        request: match add("late", &[&["a"]]) {
+            Command::Add { request, .. } => request,
+            _ => unreachable!(),
+        },
+        node: "n".into(),
+        at_ms: leader_ms + 3_000,
+        issued_us: leader_ms * 1000,
+    };
+    // A DEL from a node with a true clock fences the ADD its caller gave up on...
+    apply(
+        &mut state,
+        Command::Del {
+            key: key("late"),
+            at_ms: leader_ms + 1_000,
+            issued_us: (leader_ms + 1_000) * 1000,
+        },
+    );
+    // ...and a DEL of another pod through the fast node, applied a second
+    // later by the leader, must not expire that fence.
+    apply(
+        &mut state,
+        Command::Del {
+            key: key("other"),
+            at_ms: leader_ms + 2_000,
+            issued_us: fast_us,
+        },
+    );
+    assert_eq!(
+        state.tombstone(&key("late")),
+        Some((leader_ms + 1_000) * 1000)
+    );
+    let e = failed(apply(&mut state, late_add).0);
+    assert_eq!(e.code, code::TRY_AGAIN);
+    assert!(state.allocation(&key("late")).is_none());
+    // The fast node's own tombstone ages on the leader's clock as well: it
+    // goes a window after it was applied, not two minutes late.
+    apply(
+        &mut state,
+        Command::Del {
+            key: key("third"),
+            at_ms: leader_ms + 2_000 + 60_001,
+            issued_us: (leader_ms + 62_001) * 1000,
+        },
+    );
+    assert_eq!(state.tombstone(&key("other")), None);
+    assert_eq!(state.tombstone(&key("late")), None);
 }
 
 #[test]

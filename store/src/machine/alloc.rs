@@ -435,7 +435,7 @@ impl State {
         issued_us: u64,
         journal: &mut Vec<Change>,
     ) -> DelResult {
-        self.bury(key.clone(), issued_us, journal);
+        self.bury(key.clone(), issued_us, at_ms, journal);
         // Invariant 3: DEL of something already gone succeeds and does nothing.
         let released = self
             .release(key, ReleaseReason::Del, at_ms, journal)
@@ -480,7 +480,7 @@ impl State {
     ) -> GcResult {
         let mut released = Vec::new();
         for key in keys {
-            self.bury(key.clone(), issued_us, journal);
+            self.bury(key.clone(), issued_us, at_ms, journal);
             if let Some(a) = self.release(&key, reason, at_ms, journal) {
                 released.push((key, a.addresses.iter().map(|h| h.address).collect()));
             }
