@@ -1,7 +1,7 @@
 //! Errors as the node API carries them, with CNI error codes.
 //!
 //! The codes below 100 are the CNI specification's; 100 and up are ipkeep's
-//! own and are listed in the README. The daemon decides the code, the plugin
+//! own and are listed in docs/cni.md. The daemon decides the code, the plugin
 //! passes it through unchanged, so the runtime and `ipkeepctl` see the same.
 
 use serde::{Deserialize, Serialize};

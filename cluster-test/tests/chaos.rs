@@ -1,7 +1,7 @@
 //! A short chaos run, as part of every test run: 3 nodes, then 5, with every
 //! kind of fault (full disks and skewed clocks among them), and the
 //! checker's verdict. The long run is the
-//! `ipkeep-chaos` binary (see the README).
+//! `ipkeep-chaos` binary (see docs/testing.md).
 
 use std::time::Duration;
 

@@ -9,7 +9,7 @@
 //!
 //! The log used to live in sled beside the state; sled's flush walks its
 //! own IO thread pool for every group of appends, which took most of a
-//! leader's CPU under load (see the README's benchmarks), and syncs with
+//! leader's CPU under load (see docs/benchmarks.md), and syncs with
 //! sync_file_range, which does not survive a power loss.
 //!
 //! Only where each entry lies is kept in memory (24 bytes an entry); reads
