@@ -2,9 +2,10 @@
 //!
 //! The daemon checks each request in full, whoever sent it: a write is
 //! stored on every node and replayed on every restart, and one oversized
-//! field (a megabyte pod name) once made Raft entries that the log refused,
-//! which stopped the leader. The plugin applies the same bounds to what it
-//! reads from the runtime, so that its errors name the CNI parameter.
+//! field (a megabyte pod name) would make Raft entries that the log
+//! refuses, which stops the leader. The plugin applies the same bounds to
+//! what it reads from the runtime, so that its errors name the CNI
+//! parameter.
 //!
 //! Each check names the field and the reason. Free text may hold no control
 //! character (no NUL, no newline: they end up in logs, listings and files).

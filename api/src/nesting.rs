@@ -4,8 +4,8 @@
 //! themselves (a linearized read wraps a request, a batch holds commands and
 //! its reply holds replies). Each level costs the decoder some stack, so a
 //! frame of a couple of kilobytes nesting a type in itself a couple of
-//! thousand times overflowed the stack of the daemon's worker thread and
-//! aborted the process before any check of the decoded value could run.
+//! thousand times would overflow the stack of the daemon's worker thread
+//! and abort the process before any check of the decoded value could run.
 //! The recursive fields decode through [`bounded`], which counts the levels
 //! entered on this thread and refuses the value past [`MAX_NESTING`], while
 //! decoding.
@@ -90,8 +90,9 @@ mod tests {
         assert_eq!(codec::decode::<Tree>(&bytes, 1 << 20).unwrap(), ok);
     }
 
-    /// The frame that aborted the daemon: 2 KB of Linearize wrappers,
-    /// decoded on a thread with the daemon's decoder stack.
+    /// A frame of 2 KB of Linearize wrappers, deep enough to overflow an
+    /// unchecked decoder, decoded on a thread with the daemon's decoder
+    /// stack.
     #[test]
     fn a_request_nested_thousands_deep_is_refused_on_the_daemons_stack() {
         use crate::message::Request;

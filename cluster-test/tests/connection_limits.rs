@@ -65,8 +65,8 @@ fn add(daemon_socket: &std::path::Path, log: &std::path::Path, cid: &str) -> Cni
         .run()
 }
 
-/// 4,200 idle connections from one process once filled the node API's
-/// 4,096 slots and left a new ADD in the listen backlog until it timed out.
+/// 4,200 idle connections from one process would fill the node API's
+/// 4,096 slots and leave a new ADD in the listen backlog until it timed out.
 #[test]
 fn one_process_holding_thousands_of_connections_leaves_room_for_the_plugin() {
     let daemon = Daemon::start(DaemonOptions {

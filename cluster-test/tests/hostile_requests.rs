@@ -1,4 +1,4 @@
-//! Requests on the node API that once stopped a node: each is refused with
+//! Requests on the node API that could stop a node: each is refused with
 //! a clear error, and the daemon goes on serving.
 
 use std::io::{Read, Write};
@@ -102,9 +102,9 @@ fn refusal(daemon: &Daemon, request: &Request) -> ApiError {
     }
 }
 
-/// 40 ADDs at once, each with a pod name of a megabyte: once stored whole,
-/// they made one Raft entry of 34 MB, which the log refused, and the leader
-/// exited. Each is refused, naming the field, and nothing is stored.
+/// 40 ADDs at once, each with a pod name of a megabyte: stored whole, they
+/// would make one Raft entry larger than the log accepts, and the leader
+/// would exit. Each is refused, naming the field, and nothing is stored.
 #[test]
 fn oversized_fields_are_refused_before_the_log_and_the_leader_stays_up() {
     let mut daemon = Daemon::start(DaemonOptions {

@@ -2,10 +2,11 @@
 //! starts again and catches up.
 //!
 //! openraft 0.9.25 purges a follower's log as soon as it has queued a
-//! snapshot's install; had that purge reached the disk before the snapshot
-//! did, a kill -9 in between left a node whose log was purged past its
-//! state, which refused to start for ever. The follower here is killed the
-//! moment its purge point changes on disk, in each of several installs.
+//! snapshot's install; were that purge to reach the disk before the
+//! snapshot did, a kill -9 in between would leave a node whose log was
+//! purged past its state, which could never start again. The follower here
+//! is killed the moment its purge point changes on disk, in each of several
+//! installs.
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;

@@ -5,13 +5,13 @@
 //! one process may hold at most a quarter of the slots (a runtime execs one
 //! plugin per call, each with one connection; ipkeepctl holds one, the
 //! node-API benchmark a few hundred). Once fewer than a sixteenth of the
-//! slots are free,
-//! the node is under pressure: connections idle for [`PRESSURE_IDLE`] are
-//! closed (a client with a connection it is not using reconnects when it
-//! needs one), so that idle connections from many processes cannot starve
-//! a new ADD either. A connection over the limits is told to try again
-//! (CNI error 11) at once, never left in the listen backlog until its
-//! caller times out, as 4,200 idle connections once made a new ADD do.
+//! slots are free, the node is under pressure: connections idle for
+//! [`PRESSURE_IDLE`] are closed (a client with a connection it is not using
+//! reconnects when it needs one), so that idle connections from many
+//! processes cannot starve a new ADD either. A connection over the limits
+//! is told to try again (CNI error 11) at once, never left in the listen
+//! backlog until its caller times out (cluster-test's `connection_limits`
+//! tests it with thousands of idle connections from one process).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

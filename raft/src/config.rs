@@ -118,9 +118,8 @@ pub struct Args {
     pub min_free_space: u64,
 
     /// sled's page cache, in MiB. The state is served from memory and sled
-    /// only written behind it, so the cache speeds up little: at a million
-    /// allocations 32 held each node about 55 MiB below 64 at the same fill
-    /// and write rates.
+    /// only written behind it, so a larger cache speeds up little and costs
+    /// resident memory on every node (`ipkeep-bench --scale` shows both).
     #[arg(long, env = "IPKEEP_CACHE_MIB", default_value_t = 32)]
     pub cache_mib: u64,
 

@@ -33,15 +33,15 @@ fn raft_config(args: &Args) -> anyhow::Result<Config> {
         // refuse votes for election_timeout_max after the last heartbeat (the
         // leader lease), so the first candidate is nearly always refused and
         // the second round wins. 300-600 ms keeps three heartbeats inside the
-        // shortest timeout and brings writes back in about a second; 400-800
-        // took about 1.45 s.
+        // shortest timeout, and a longer timeout only lengthens failover (the
+        // failover rows of `ipkeep-bench` measure it).
         heartbeat_interval: 100,
         election_timeout_min: 300,
         election_timeout_max: 600,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(args.snapshot_every),
         max_in_snapshot_log_to_keep: args.keep_logs,
         // Per snapshot chunk (3 MiB by default). openraft's 200 ms default
-        // timed out under load, and a transfer that times out on the leader
+        // times out under load, and a transfer that times out on the leader
         // but lands on the follower confuses 0.9's replication progress.
         install_snapshot_timeout: 5000,
         ..Default::default()

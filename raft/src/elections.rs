@@ -3,12 +3,13 @@
 //! openraft 0.9 sends a follower nothing while a snapshot to it is
 //! outstanding, heartbeats included: they go through the same replication
 //! stream, which waits for the install's answer. A voter whose install
-//! outlasts its election timeout (leader lease plus 300-600 ms; a million
-//! allocations take 1.3 to 2 s to install) therefore started an election as
-//! soon as it was done, and its higher term deposed the healthy leader:
-//! writes stopped for a new election after every such install (seen in
-//! `ipkeep-bench --scale`, a follower restarted after the leader had purged
-//! its log). The node still grants votes meanwhile; it only does not ask.
+//! outlasts its election timeout (leader lease plus 300-600 ms; a large
+//! state's install does) would start an election as soon as it was done,
+//! and its higher term would depose the healthy leader: writes would stop
+//! for a new election after every such install (the `lag terms` column of
+//! `ipkeep-bench --scale` counts them, for a follower restarted after the
+//! leader had purged its log). The node still grants votes meanwhile; it
+//! only does not ask.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

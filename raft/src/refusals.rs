@@ -1,10 +1,10 @@
 //! Refused connections, counted and logged in aggregate.
 //!
-//! A process reconnecting in a loop once wrote 130,000 log lines in 40
-//! seconds, one WARN per refused connection. Each refusal now counts in the
-//! node's metrics at once, and the log gets the first refusal after a quiet
-//! spell right away and the rest as one summary line per period: how many,
-//! why, and from which sources most.
+//! A process reconnecting in a loop would flood the log with one WARN per
+//! refused connection. Each refusal counts in the node's metrics at once,
+//! and the log gets the first refusal after a quiet spell right away and
+//! the rest as one summary line per period: how many, why, and from which
+//! sources most.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;

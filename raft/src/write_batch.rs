@@ -24,19 +24,19 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use crate::peer::wire::{Committed, ForwardError};
 
 /// Entries of batched writes committing at once. One: while it commits,
-/// the next gathers everything that arrives. Measured with the node-API
-/// bench on three voters, 64 clients: 10,170 ADDs/s with one, 9,235 with
-/// two, 8,838 with four, 7,147 with eight (openraft already pipelines the
-/// entries it has; more of them only makes each carry fewer writes).
+/// the next gathers everything that arrives. openraft already pipelines the
+/// entries it has, so more of them in flight only makes each carry fewer
+/// writes, and fewer writes commit per second (the node-API rows of
+/// `ipkeep-bench` with 64 clients show it).
 pub const IN_FLIGHT: usize = 1;
 /// Most writes in one entry: about 300 bytes each, so an entry stays well
 /// under the size of one replication message.
 pub const MAX_BATCH: usize = 256;
 /// Most encoded bytes of the writes of one entry. Writes are bounded (see
 /// `ipkeep_api::fields`; the largest ADD is under 6 KiB), but their count
-/// alone does not bound an entry: 40 ADDs of megabyte pod names once made
-/// a 34 MB entry, which the log refused, and that stopped the leader. A
-/// write that would take an entry past it goes first in the next one.
+/// alone does not bound an entry's size, and an entry the log refuses
+/// stops the leader. A write that would take an entry past it goes first
+/// in the next one.
 pub const MAX_BATCH_BYTES: u64 = 1 << 20;
 
 /// Counts what the batcher proposed, for the node's metrics.

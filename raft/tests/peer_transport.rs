@@ -4,9 +4,9 @@
 //! openraft drops an append-entries future at its own timeout. If the request
 //! had gone out, its answer can still arrive; a transport that then reused the
 //! connection would hand that late "success" to the next append, and the
-//! leader would count a follower for entries it never received. A chaos run
-//! found exactly that: a leader cut off from the majority committed an ADD,
-//! and another leader gave the same address away.
+//! leader would count a follower for entries it never received: a leader
+//! cut off from the majority could commit an ADD while another leader gave
+//! the same address away.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -2,15 +2,13 @@
 //! a single shared heap block.
 //!
 //! A replica keeps every live allocation in memory, so what one costs bounds
-//! how many a node can hold. As [`Allocation`] (owned strings throughout)
-//! plus an address index holding a second copy of the key, one cost about
-//! 1.2 KB. Split into an interned key and a body of boxed fields, 388 bytes:
-//! still seven heap blocks of a few bytes each, every one with the
-//! allocator's rounding and header, and a 72-byte body in every node of the
-//! map. Packed, it is one block, and the map and the address index hold a
-//! pointer to it (`cargo bench -p ipkeep-store --bench memory`). Records,
-//! replies and listings still deal in [`Allocation`]: it is rebuilt on the
-//! way out.
+//! how many a node can hold. As [`Allocation`] (owned strings throughout),
+//! or even as an interned key and boxed fields, one is several small heap
+//! blocks, every one with the allocator's rounding and header, and a body in
+//! every node of the map. Packed, it is one block, and the map and the
+//! address index hold a pointer to it (`cargo bench -p ipkeep-store --bench
+//! memory` prints the cost of one). Records, replies and listings still
+//! deal in [`Allocation`]: it is rebuilt on the way out.
 //!
 //! Layout of the block, every string as a LEB128 length then its UTF-8:
 //! network, container id, interface (the key, first, so that comparing two

@@ -1,5 +1,6 @@
 //! ipkeep's store: the IPAM model, the allocator, the deterministic state
-//! machine, and the sled-backed Raft log and state storage.
+//! machine, and the Raft storage: the log in files of its own
+//! (`storage::log_file`), the state machine in sled.
 //!
 //! Only [`storage`] knows about sled; the model, the allocator and the state
 //! machine deal in records and changes, so that the engine could be replaced

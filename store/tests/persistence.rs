@@ -205,8 +205,9 @@ async fn a_crash_between_an_installs_purge_and_its_snapshot_leaves_a_node_that_s
             "openraft sees the purge done"
         );
     }
-    // It starts (it used to refuse: the state applied up to 50, the log
-    // purged past it, no snapshot): the purge was not made durable.
+    // It starts: the purge was not made durable (a durable one would leave
+    // the state applied up to 50, the log purged past it and no snapshot,
+    // which cannot start).
     let (mut log, mut sm) = open(follower_dir.path());
     assert_eq!(log.get_log_state().await.unwrap().last_purged_log_id, None);
     assert_eq!(log.try_get_log_entries(1..=50).await.unwrap().len(), 50);

@@ -1,13 +1,14 @@
 //! Which peer connections get a handshake.
 //!
 //! An unauthenticated connection holds a slot for as long as its handshake
-//! may take. One process reconnecting in a loop once held most of the
-//! listener's slots that way and slowed failover from 1.2 s to 3-6 s. So a
-//! source (an IP address) may have at most [`MAX_HANDSHAKES_PER_SOURCE`]
-//! handshakes under way, and a source whose handshakes keep failing (wrong
-//! secret, garbage, timeouts) is refused at once for a while: each failure
-//! adds one to its score, the score drains by [`DRAIN_PER_SECOND`], and
-//! past [`MAX_FAILURE_SCORE`] its connections are closed unread. Members
+//! may take. One process reconnecting in a loop could hold most of the
+//! listener's slots that way and delay the members' own connections, and
+//! with them failover. So a source (an IP address) may have at most
+//! [`MAX_HANDSHAKES_PER_SOURCE`] handshakes under way, and a source whose
+//! handshakes keep failing (wrong secret, garbage, timeouts) is refused at
+//! once for a while: each failure adds one to its score, the score drains
+//! by [`DRAIN_PER_SECOND`], and past [`MAX_FAILURE_SCORE`] its connections
+//! are closed unread. Members
 //! authenticate in milliseconds and keep their connections, so neither
 //! bound comes near them, unless a process shares a member's address and
 //! floods from it (it would need to run on that member's host).

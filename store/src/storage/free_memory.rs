@@ -28,13 +28,13 @@ const ARENA_ENV: &str = "MALLOC_ARENA_MAX";
 /// their own, and memory freed into one arena serves only allocations from
 /// that arena. The daemon's large states are built on different threads
 /// (loaded at start on one, installed from a snapshot on a blocking-pool
-/// thread), so the memory a replaced state freed was never reused by the
-/// state replacing it: a follower that fell behind held 412 MiB once it had
-/// installed a million allocations over its own state, and 272 MiB with one
-/// arena (`cargo bench -p ipkeep-store --bench snapshot_install`). Small
-/// allocations are served from glibc's per-thread caches without the
-/// arena's lock; the node-API benchmark measures what the shared lock
-/// costs. An operator's `MALLOC_ARENA_MAX` takes precedence.
+/// thread), so without one arena the memory a replaced state frees is not
+/// reused by the state replacing it, and a follower that fell behind keeps
+/// the memory of both once it has installed over its own state (the third
+/// stage of `cargo bench -p ipkeep-store --bench snapshot_install` shows
+/// it). Small allocations are served from glibc's per-thread caches
+/// without the arena's lock; the node-API benchmark measures what the
+/// shared lock costs. An operator's `MALLOC_ARENA_MAX` takes precedence.
 pub fn use_one_arena() {
     if std::env::var_os(ARENA_ENV).is_some() {
         return;

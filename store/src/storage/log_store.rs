@@ -198,12 +198,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
     ///
     /// openraft 0.9's replication sends what this returns as the entries
     /// right after `start - 1` without checking the first index. The default
-    /// (all present entries) returned the entries after a purge when the
-    /// range began before the leader's purge point, and put a gap in a
-    /// follower's log, which then could not apply or restart (seen in a
-    /// 30-minute chaos run; the same pattern as openraft issue #1795). An
-    /// empty answer makes openraft send a heartbeat and, once it sees the
-    /// purge, a snapshot.
+    /// (all present entries) would return the entries after a purge when
+    /// the range begins before the leader's purge point, and put a gap in a
+    /// follower's log, which could then neither apply nor restart (the
+    /// pattern of openraft issue #1795). An empty answer makes openraft send
+    /// a heartbeat and, once it sees the purge, a snapshot.
     async fn limited_get_log_entries(
         &mut self,
         start: u64,
@@ -299,9 +298,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // of its own: openraft 0.9 awaits each append's flush before it does
         // anything else (RaftCore::append_to_log), so there is never a second
         // append to share a sync with, and handing the sync to another thread
-        // only added two wake-ups (about 0.1 ms each way, measured) to every
-        // write. Every append is on disk before it is acknowledged, in order,
-        // and a truncation or purge can only come after it.
+        // would only add two thread wake-ups to every write. Every append is
+        // on disk before it is acknowledged, in order, and a truncation or
+        // purge can only come after it.
         let synced = self.inner.log.sync_data();
         if let (Ok(()), Some(index)) = (&synced, last) {
             self.inner.witness.flushed(index, epoch);

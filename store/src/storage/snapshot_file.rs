@@ -58,9 +58,8 @@ impl<W: Write> Summed<W> {
 }
 
 /// Encodes a snapshot into `out` as the records come, and returns the
-/// number of bytes written. Nothing is held but the record at hand: a
-/// million allocations make a file of about 100 MiB, which a build used to
-/// hold in memory whole before writing it.
+/// number of bytes written. Nothing is held but the record at hand, so a
+/// build's memory does not grow with the size of the file.
 pub fn encode_to<W: Write>(
     out: W,
     meta: &SnapshotMeta,

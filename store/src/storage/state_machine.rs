@@ -39,10 +39,9 @@ const MEMBERSHIP_KEY: &[u8] = b"m/membership";
 const INSTALLING_KEY: &[u8] = b"m/installing";
 const CURRENT_SNAPSHOT: &str = "current.snap";
 /// Records written per sled batch while a snapshot is restored. sled 0.34's
-/// memory depends on it far more than on its cache size: writing 300,000
-/// records took 887 MiB at its peak in batches of 10,000 and 96 MiB in
-/// batches of 500, in about the same time (`cargo bench -p ipkeep-store
-/// --bench sled_batches`).
+/// memory depends on it far more than on its cache size, and small batches
+/// write the records in about the same time as large ones (`cargo bench -p
+/// ipkeep-store --bench sled_batches`).
 const RESTORE_BATCH: usize = 500;
 
 /// The state machine as every replica holds it in memory.
@@ -61,8 +60,8 @@ impl SharedMachine {
     /// Read access for queries. Never hold it across an await.
     ///
     /// Usually free at once: applies hold the lock for microseconds. A
-    /// snapshot install holds it while it replaces the state (a second or
-    /// two at a million allocations); a reader on one of the runtime's
+    /// snapshot install holds it while it replaces the state (as long as
+    /// the new state takes to build); a reader on one of the runtime's
     /// workers then waits with the worker handed over (`block_in_place`),
     /// so that Raft's own tasks (heartbeats, replication) keep running.
     pub fn read(&self) -> RwLockReadGuard<'_, Machine> {
@@ -155,8 +154,9 @@ fn load_tree(tree: &sled::Tree) -> Result<Machine, RestoreError> {
     let mut last_applied = None;
     let mut membership = StoredMembership::default();
     let mut failure: Option<RestoreError> = None;
-    // Records go to the state as they are read, not gathered first: at a
-    // million allocations the gathered copy doubled a restart's memory.
+    // Records go to the state as they are read, not gathered first, so
+    // that a restart never holds every record decoded beside the state
+    // built from them.
     let records = tree
         .iter()
         .map_while(|item| {
@@ -210,9 +210,9 @@ fn mark_installing(tree: &sled::Tree, path: &Path) -> Result<(), RestoreError> {
 /// records that does not decode or contradicts another.
 fn machine_from_snapshot(path: &Path) -> Result<Machine, RestoreError> {
     // Records go to the state as they are read, each allocation packed on
-    // arrival: gathering them decoded first cost a million-allocation
-    // install about 330 MiB more at its peak (694 against 364 MiB, `cargo
-    // bench -p ipkeep-store --bench snapshot_install`).
+    // arrival, so that an install never holds every record decoded beside
+    // the state built from them (the peak is what `cargo bench -p
+    // ipkeep-store --bench snapshot_install` prints).
     let mut state = StateBuilder::default();
     let mut failure: Option<RestoreError> = None;
     let meta = snapshot_file::read_records(path, |key, value| {
@@ -414,9 +414,9 @@ impl StateMachineStore {
     /// True while this node installs a snapshot from the leader. The leader
     /// sends this node nothing until the install has answered (its
     /// heartbeats go the same way as the snapshot), so a voter whose install
-    /// outlasts its election timeout (about a second at a million
-    /// allocations) would start an election and depose a healthy leader;
-    /// the daemon holds its elections off meanwhile.
+    /// outlasts its election timeout (a large state's install does) would
+    /// start an election and depose a healthy leader; the daemon holds its
+    /// elections off meanwhile.
     pub fn installs(&self) -> watch::Receiver<bool> {
         self.inner.installing.subscribe()
     }
@@ -520,12 +520,12 @@ impl StateMachineStore {
             replies.push(reply);
             machine.last_applied = Some(entry.log_id);
             // A node catching up applies thousands of entries at once, each
-            // a batch of writes: handed over as one unit they became one
+            // a batch of writes: handed over as one unit they would make one
             // sled batch of tens of thousands of records, and sled 0.34
-            // keeps the memory of its largest batches (a node rejoined at
-            // 100,000 live allocations held 300 MiB for good). Cut at entry
-            // boundaries instead: each unit still carries its own
-            // last-applied, so the tree stays a prefix of the applied log.
+            // keeps the memory of its largest batches for good (see the
+            // `sled_batches` bench). So they are cut at entry boundaries:
+            // each unit still carries its own last-applied, so the tree
+            // stays a prefix of the applied log.
             if journal.len() >= MAX_MERGED {
                 submit(
                     &machine,
@@ -577,8 +577,8 @@ impl StateMachineStore {
             };
             (meta, machine.state.capture(), started.elapsed())
         };
-        // Straight into the file: held in memory whole, a million
-        // allocations' snapshot added 100 MiB to the node while it built.
+        // Straight into the file: held in memory whole, the snapshot would
+        // add its own size to the node's memory while it builds.
         let tmp = Staged::new(self.inner.dir.join(format!("{BUILDING}-{id}.tmp")));
         let encoded = snapshot_file::encode_synced(
             tmp.path(),
@@ -699,12 +699,10 @@ impl StateMachineStore {
         }
         // The state this node holds is behind the snapshot and is replaced
         // whole: it is dropped before the new one is built, not after, so
-        // that the node never holds both (at a million allocations a
-        // follower that fell behind peaked at 509 MiB installing over its
-        // own state, against 268 MiB for an empty node; `cargo bench -p
-        // ipkeep-store --bench snapshot_install`). Readers wait on the lock
-        // meanwhile, as long as the build takes (about a second there);
-        // what they would have read is out of date anyway.
+        // that the node never holds both (the third stage of `cargo bench
+        // -p ipkeep-store --bench snapshot_install` installs over a state
+        // left behind). Readers wait on the lock meanwhile, as long as the
+        // build takes; what they would have read is out of date anyway.
         let mut machine = self.inner.machine.write();
         drop(std::mem::take(&mut *machine));
         free_memory::release();
@@ -735,11 +733,12 @@ impl StateMachineStore {
         mark_installing(&self.inner.tree, &self.current_path()).map_err(|e| err(&e))?;
         drop(current);
         // The tree is rewritten from the snapshot behind the install, by the
-        // state writer, ahead of the changes of every apply after it (at a
-        // million allocations sled takes about 8 s for it, and the node
-        // serves meanwhile). Until it is done the tree stays marked, so a
-        // start restores it from the snapshot file; a snapshot build or
-        // another install waits for it (they drain the writer first).
+        // state writer, ahead of the changes of every apply after it (sled
+        // takes far longer for it than building the state, as the
+        // `snapshot_install` bench shows; the node serves meanwhile). Until
+        // it is done the tree stays marked, so a start restores it from the
+        // snapshot file; a snapshot build or another install waits for it
+        // (they drain the writer first).
         self.inner
             .writer
             .refill(self.current_path())

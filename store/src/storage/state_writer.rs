@@ -3,14 +3,14 @@
 //!
 //! An apply decides in memory and hands the records it changed (with the
 //! last-applied log id) to this writer; the sled batch is written after
-//! the apply has answered. Measured on three voters, one write at a time:
-//! the sled batch of one ADD took 0.3 ms of a 1.8 ms write on the leader,
-//! and as long again on every follower, where it competed for the CPU with
-//! the next write.
+//! the apply has answered. Written inside the apply, the batch would add to
+//! every write's time on the leader, and as much again on every follower,
+//! where it competes for the CPU with the next write (see the one-client
+//! node-API rows of `ipkeep-bench`).
 //!
 //! Nothing is lost by answering first: an entry is answered only once it is
-//! committed in the Raft log, which is fsynced, and sled's own writes were
-//! never synced with each apply either (sled flushes every 500 ms). What a
+//! committed in the Raft log, which is fsynced, and sled's own writes are
+//! not synced with each apply either (sled flushes every 500 ms). What a
 //! crash takes from the state is re-applied from the log at the next start.
 //! What the tree holds is always a prefix of the applied entries: the
 //! changes of several applies are merged in order into one sled batch, never
@@ -34,17 +34,14 @@ use crate::records::Change;
 /// even while applies keep coming.
 const PASS: usize = 1024;
 
-// The queue itself has no bound, on purpose. It used to hold 1,024 units
-// before an apply had to wait, but a waiting apply bounds nothing: openraft
-// 0.9's core reads every committed entry from the log and sends it to the
-// state machine's task over a channel without a bound, so the backlog only
-// moved there, as whole entries (larger than the changes they make). A
-// node that installed 692,000 allocations and replayed 310,000 more from
-// the log while its tree was rewritten peaked at 366 MiB with 1,024 units,
-// 480 MiB with a bound of 32,768 changes (the apply waiting without the
-// state's lock), and 289 MiB with none. The backlog is what the cluster
-// commits while the tree is rewritten after an install (seconds); in
-// normal running the writer keeps up and the queue holds a few units.
+// The queue itself has no bound, on purpose: a waiting apply would bound
+// nothing. openraft 0.9's core reads every committed entry from the log and
+// sends it to the state machine's task over a channel without a bound, so
+// the backlog would only move there, as whole entries (larger than the
+// changes they make), and a node would hold more, not less (the rejoin's
+// `peak MiB` of `ipkeep-bench --scale` shows it). The backlog is what the
+// cluster commits while the tree is rewritten after an install (seconds);
+// in normal running the writer keeps up and the queue holds a few units.
 
 /// Changes merged into one sled batch at most (a unit handed over is never
 /// split, so one can exceed it; an apply of many entries hands them over in

@@ -4,8 +4,8 @@
 //! The vote lives in two fixed slots of a file allocated whole when it is
 //! created (`vote.slots`, format below): each save writes the slot the last
 //! save did not, in place, and fsyncs it, so a vote needs no new disk
-//! space. A node whose disk had filled once stopped on ENOSPC when a
-//! candidate asked for its vote (a new file for each vote). A torn save
+//! space: with a new file for each vote, a node whose disk had filled would
+//! stop on ENOSPC when a candidate asked for its vote. A torn save
 //! leaves the other slot, the vote before it, which is right: the torn
 //! vote was never answered. The vote must survive a crash or a restarted
 //! node could vote twice in one term.

@@ -7,10 +7,10 @@
 //! whole before the next one is started, so syncing the active one covers
 //! everything earlier.
 //!
-//! The log used to live in sled beside the state; sled's flush walks its
-//! own IO thread pool for every group of appends, which took most of a
-//! leader's CPU under load (see docs/benchmarks.md), and syncs with
-//! sync_file_range, which does not survive a power loss.
+//! The log is not in sled beside the state: sled's flush walks its own IO
+//! thread pool for every group of appends, which costs a leader most of its
+//! CPU under load (the node-API rows of `ipkeep-bench`; docs/journal.md),
+//! and syncs with sync_file_range, which does not survive a power loss.
 //!
 //! Only where each entry lies is kept in memory (24 bytes an entry); reads
 //! go to the files (the page cache, for the recent entries replication
@@ -149,18 +149,17 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 
 /// Sizes a segment's file to `bytes` (never below `data_len`) with zeros
 /// after its records. An fdatasync of a write inside the file's length has
-/// no file size to write besides the data: 0.11 ms at p50 on this
-/// project's CI machine, against 0.17 ms for a write that grows the file.
-/// The zeros are a hole (no disk taken until written); a scan ends at
-/// them (see [`record::scan`]).
+/// no file size to write besides the data, so it is quicker than one that
+/// grows the file (docs/journal.md). The zeros are a hole (no disk taken
+/// until written); a scan ends at them (see [`record::scan`]).
 fn presize(file: &File, data_len: u64, bytes: u64) -> io::Result<()> {
     file.set_len(data_len.max(bytes))
 }
 
 /// A new segment, whole: written beside under a temporary name and renamed
 /// into place, so that a crash leaves either no segment or one with its
-/// header (a stop half-way through a creation left a segment without a
-/// header, which the next start refused as damage).
+/// header (created in place, a stop half-way would leave a segment without
+/// a header, which the next start refuses as damage).
 fn create_segment(dir: &Path, first: u64, bytes: u64) -> io::Result<Segment> {
     let path = segment_path(dir, first);
     let staging = path.with_extension(STAGING_SUFFIX);
