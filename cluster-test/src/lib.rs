@@ -14,6 +14,7 @@ pub mod conflist;
 pub mod ctl;
 pub mod daemon;
 pub mod history;
+pub mod needs;
 pub mod netns;
 pub mod procfs;
 pub mod rng;

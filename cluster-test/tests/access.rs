@@ -10,6 +10,7 @@ use ipkeep_cluster_test::bins::bin;
 use ipkeep_cluster_test::cni::{ipam_only_conf, CniCall};
 use ipkeep_cluster_test::ctl::{ctl, held};
 use ipkeep_cluster_test::daemon::{Daemon, DaemonOptions};
+use ipkeep_cluster_test::{needs, require};
 use serde_json::json;
 
 const NOBODY: u32 = 65534;
@@ -43,6 +44,7 @@ fn add_as_nobody(socket: &Path) -> ipkeep_cluster_test::cni::CniOutput {
 
 #[test]
 fn callers_other_than_root_are_refused_with_a_clear_message() {
+    require!([needs::ROOT, needs::SETPRIV]);
     let d = Daemon::start(DaemonOptions {
         default_subnet: "default=10.77.0.0/24".into(),
         ..DaemonOptions::default()

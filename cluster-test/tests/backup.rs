@@ -11,6 +11,7 @@ use ipkeep_cluster_test::cluster::{Cluster, ClusterOptions};
 use ipkeep_cluster_test::cni::{ipam, CniCall, CniOutput};
 use ipkeep_cluster_test::ctl::ctl;
 use ipkeep_cluster_test::daemon::{Daemon, DaemonOptions};
+use ipkeep_cluster_test::{needs, require};
 use serde_json::{json, Value};
 
 fn conf(socket: &std::path::Path, log: &std::path::Path) -> Value {
@@ -50,6 +51,7 @@ fn views(socket: &std::path::Path) -> Vec<Value> {
 
 #[test]
 fn a_new_cluster_comes_up_from_a_backup_with_everything() {
+    require!(needs::CLUSTER);
     let old = Daemon::start(DaemonOptions::default());
     let s = old.socket();
     for args in [

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use ipkeep_cluster_test::chaos::{run, ChaosOptions};
+use ipkeep_cluster_test::{needs, require};
 
 fn short_run(nodes: usize, secs: u64, seed: u64) {
     // Kept until the run passes: a run that fails, or panics while starting
@@ -61,6 +62,7 @@ fn short_run(nodes: usize, secs: u64, seed: u64) {
 
 #[test]
 fn short_chaos_runs_keep_every_promise() {
+    require!(needs::CLUSTER, needs::TMPFS);
     short_run(3, 110, 0x1b5a_2c3d);
     short_run(5, 110, 0x77e1_0f42);
 }

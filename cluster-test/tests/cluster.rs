@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use ipkeep_cluster_test::cluster::{Cluster, ClusterOptions, Direction};
 use ipkeep_cluster_test::cni::{ipam, ipam_only_conf, CniCall, CniOutput};
 use ipkeep_cluster_test::wait;
+use ipkeep_cluster_test::{needs, require};
 use serde_json::json;
 
 fn cluster(nodes: usize, options: ClusterOptions) -> (tempfile::TempDir, Cluster) {
@@ -71,6 +72,7 @@ fn members(c: &Cluster, node: u64) -> Vec<(u64, String)> {
 
 #[test]
 fn every_node_answers_and_sees_the_same_addresses() {
+    require!(needs::CLUSTER);
     let (_dir, c) = cluster(3, ClusterOptions::default());
     let leader = c.wait_for_leader(Duration::from_secs(30));
     let mut given = BTreeMap::new();
@@ -99,6 +101,7 @@ fn every_node_answers_and_sees_the_same_addresses() {
 
 #[test]
 fn a_minority_answers_try_again_within_the_bound_and_recovers() {
+    require!(needs::CLUSTER);
     let (_dir, mut c) = cluster(3, ClusterOptions::default());
     let leader = c.wait_for_leader(Duration::from_secs(30));
     // Cut the leader itself off: it is the minority now.
@@ -133,6 +136,7 @@ fn a_minority_answers_try_again_within_the_bound_and_recovers() {
 
 #[test]
 fn learners_join_serve_forward_and_are_promoted_and_removed() {
+    require!(needs::CLUSTER);
     let (_dir, mut c) = cluster(4, ClusterOptions::default());
     // Make node 4 a stranger first: remove it, wipe it, start it empty with --join.
     c.wait_for_leader(Duration::from_secs(30));
@@ -180,6 +184,7 @@ fn learners_join_serve_forward_and_are_promoted_and_removed() {
 
 #[test]
 fn a_removal_asked_for_on_every_node_at_once_answers_ok_everywhere() {
+    require!(needs::CLUSTER);
     // What an operator's retry, or a forward given up when leadership moved
     // (the removed node may lead and step down), looks like to the leader:
     // the same change while it is still committing, or after it committed.
@@ -210,6 +215,7 @@ fn a_removal_asked_for_on_every_node_at_once_answers_ok_everywhere() {
 
 #[test]
 fn a_node_that_was_down_catches_up_by_snapshot() {
+    require!(needs::CLUSTER);
     let (_dir, mut c) = cluster(
         3,
         ClusterOptions {
@@ -242,6 +248,7 @@ fn a_node_that_was_down_catches_up_by_snapshot() {
 
 #[test]
 fn a_peer_without_the_secret_is_refused_and_changes_nothing() {
+    require!(needs::CLUSTER);
     let (dir, c) = cluster(3, ClusterOptions::default());
     c.wait_for_leader(Duration::from_secs(30));
     let term_before: Vec<u64> = c.ids().iter().map(|n| c.status(*n).unwrap().term).collect();
@@ -296,6 +303,7 @@ fn a_peer_without_the_secret_is_refused_and_changes_nothing() {
 /// role, term and applied index, its lag, and which cannot be reached.
 #[test]
 fn status_shows_every_members_health_from_any_node() {
+    require!(needs::CLUSTER);
     let (_dir, mut c) = cluster(3, ClusterOptions::default());
     let leader = c.wait_for_leader(Duration::from_secs(30));
     let follower = c.ids().into_iter().find(|n| *n != leader).unwrap();
@@ -379,6 +387,7 @@ fn api_address(client: &mut ipkeep_api::Client, container: &str) -> String {
 
 #[test]
 fn concurrent_writes_share_entries_and_each_gets_its_own_answer() {
+    require!(needs::CLUSTER);
     const CLIENTS_PER_NODE: usize = 12;
     const ADDS_PER_CLIENT: usize = 16;
     let (_dir, c) = cluster(3, ClusterOptions::default());

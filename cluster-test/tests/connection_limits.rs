@@ -11,6 +11,7 @@ use ipkeep_cluster_test::cluster::{Cluster, ClusterOptions, PEER_PORT};
 use ipkeep_cluster_test::cni::{ipam, ipam_only_conf, CniCall, CniOutput};
 use ipkeep_cluster_test::ctl::ctl;
 use ipkeep_cluster_test::daemon::{Daemon, DaemonOptions};
+use ipkeep_cluster_test::{needs, require};
 use serde_json::json;
 
 /// A running ipkeep-hold-connections; stopped (its stdin closed) on drop.
@@ -131,6 +132,7 @@ fn near_the_limit_idle_connections_of_many_processes_make_room() {
 /// and the follower's log says what it refused in a few summary lines.
 #[test]
 fn a_flood_of_unauthenticated_peer_connections_does_not_keep_members_out() {
+    require!(needs::CLUSTER);
     let dir = tempfile::Builder::new()
         .prefix("ipkeep-limits-")
         .tempdir()

@@ -10,6 +10,7 @@ use std::process::Command;
 use ipkeep_cluster_test::bins::bin_dir;
 use ipkeep_cluster_test::cni::CniCall;
 use ipkeep_cluster_test::netns::NetNs;
+use ipkeep_cluster_test::{needs, require};
 use serde_json::{json, Value};
 
 fn deploy() -> PathBuf {
@@ -116,6 +117,7 @@ fn install_script_takes_the_plugin_from_plugin_when_given() {
 /// configuration" (7).
 #[test]
 fn every_example_conflist_is_accepted_by_the_plugin() {
+    require!(needs::NETNS);
     let pod = NetNs::new("ik-pod");
     let nowhere = tempfile::tempdir().unwrap();
     let socket = nowhere.path().join("no.sock");

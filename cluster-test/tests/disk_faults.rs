@@ -7,6 +7,7 @@ use ipkeep_cluster_test::cni::{ipam, ipam_only_conf, CniCall, CniOutput};
 use ipkeep_cluster_test::ctl::{ctl, held};
 use ipkeep_cluster_test::daemon::{Daemon, DaemonOptions};
 use ipkeep_cluster_test::tmpfs::fill;
+use ipkeep_cluster_test::{needs, require};
 use serde_json::json;
 
 fn add(d: &Daemon, cid: &str) -> CniOutput {
@@ -30,6 +31,7 @@ fn holding(d: &Daemon) -> BTreeMap<String, String> {
 
 #[test]
 fn a_full_disk_refuses_writes_clearly_loses_nothing_and_recovers_by_itself() {
+    require!(needs::TMPFS);
     let mut d = Daemon::start(DaemonOptions {
         default_subnet: "pods=10.71.0.0/22".into(),
         data_tmpfs_mib: Some(48),
@@ -84,6 +86,7 @@ fn a_full_disk_refuses_writes_clearly_loses_nothing_and_recovers_by_itself() {
 /// space returns a restart serves everything it acknowledged.
 #[test]
 fn a_write_that_meets_a_full_disk_stops_the_node_and_a_restart_loses_nothing() {
+    require!(needs::TMPFS);
     let mut d = Daemon::start(DaemonOptions {
         default_subnet: "pods=10.72.0.0/20".into(),
         data_tmpfs_mib: Some(48),

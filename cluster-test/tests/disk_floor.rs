@@ -8,6 +8,7 @@ use ipkeep_cluster_test::cluster::{Cluster, ClusterOptions};
 use ipkeep_cluster_test::cni::{ipam, ipam_only_conf, CniCall, CniOutput};
 use ipkeep_cluster_test::tmpfs::fill;
 use ipkeep_cluster_test::wait;
+use ipkeep_cluster_test::{needs, require};
 use serde_json::json;
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -80,6 +81,7 @@ fn assert_running(c: &mut Cluster, id: u64) {
 
 #[test]
 fn a_leader_under_its_floor_hands_over_and_comes_back_as_a_follower() {
+    require!(needs::CLUSTER, needs::TMPFS);
     let dir = tempfile::Builder::new()
         .prefix("ipkeep-floor-")
         .tempdir()
@@ -117,6 +119,7 @@ fn a_leader_under_its_floor_hands_over_and_comes_back_as_a_follower() {
 
 #[test]
 fn a_follower_whose_disk_fills_stays_up_refusing_entries_and_catches_up() {
+    require!(needs::CLUSTER, needs::TMPFS);
     let dir = tempfile::Builder::new()
         .prefix("ipkeep-floor-")
         .tempdir()

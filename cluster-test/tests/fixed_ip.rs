@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use ipkeep_cluster_test::cluster::{Cluster, ClusterOptions};
 use ipkeep_cluster_test::cni::{ipam, CniCall, CniOutput};
+use ipkeep_cluster_test::{needs, require};
 use serde_json::{json, Value};
 
 fn cluster() -> (tempfile::TempDir, Cluster) {
@@ -60,6 +61,7 @@ fn ok(out: &ipkeep_cluster_test::ctl::CtlOutput) {
 
 #[test]
 fn etcd_keeps_its_addresses_wherever_it_runs() {
+    require!(needs::CLUSTER);
     let (_dir, c) = cluster();
     ok(&c.ctl(
         1,
@@ -176,6 +178,7 @@ fn etcd_keeps_its_addresses_wherever_it_runs() {
 
 #[test]
 fn explicit_addresses_from_cni_args_and_runtime_config() {
+    require!(needs::CLUSTER);
     let (_dir, c) = cluster();
     // CNI_ARGS IP=, as CRI-O passes it.
     let out = CniCall::ipkeep("ADD")
@@ -232,6 +235,7 @@ fn explicit_addresses_from_cni_args_and_runtime_config() {
 
 #[test]
 fn tenants_quotas_and_the_first_permitted_subnet() {
+    require!(needs::CLUSTER);
     let (_dir, c) = cluster();
     ok(&c.ctl(
         1,

@@ -20,6 +20,7 @@ use ipkeep_api::message::{AddRequest, Request, Response};
 use ipkeep_api::model::{AttachmentKey, PodRef};
 use ipkeep_cluster_test::cluster::{Cluster, ClusterOptions};
 use ipkeep_cluster_test::wait;
+use ipkeep_cluster_test::{needs, require};
 
 const ROUNDS: usize = 3;
 /// ADDs while the follower is down: enough entries for the leader to
@@ -76,6 +77,7 @@ fn identity(path: &Path) -> Option<(u64, i64, i64)> {
 
 #[test]
 fn a_follower_killed_as_its_install_purges_the_log_starts_and_catches_up() {
+    require!(needs::CLUSTER);
     let dir = tempfile::Builder::new()
         .prefix("ipkeep-install-crash-")
         .tempdir()

@@ -11,6 +11,7 @@ use ipkeep_cluster_test::ctl::ctl;
 use ipkeep_cluster_test::daemon::{Daemon, DaemonOptions};
 use ipkeep_cluster_test::netns::NetNs;
 use ipkeep_cluster_test::wait;
+use ipkeep_cluster_test::{needs, require};
 use serde_json::{json, Value};
 
 fn daemon(mode: &str, grace: &str) -> Daemon {
@@ -75,6 +76,7 @@ fn leaks(d: &Daemon) -> Value {
 
 #[test]
 fn a_namespace_deleted_without_del_is_released_after_the_grace_period() {
+    require!(needs::NETNS);
     let d = daemon("on", "2s");
     let (gone, kept) = (NetNs::new("ik-pod"), NetNs::new("ik-pod"));
     let lost = add(&d, "c1", "db-0", &gone.path());
@@ -131,6 +133,7 @@ fn a_namespace_deleted_without_del_is_released_after_the_grace_period() {
 
 #[test]
 fn report_mode_lists_but_never_releases() {
+    require!(needs::NETNS);
     let d = daemon("report", "1s");
     let gone = NetNs::new("ik-pod");
     let lost = add(&d, "c1", "web-0", &gone.path());
@@ -160,6 +163,7 @@ fn report_mode_lists_but_never_releases() {
 
 #[test]
 fn after_a_restart_the_first_pass_finds_what_did_not_survive() {
+    require!(needs::NETNS);
     let mut d = daemon("on", "1s");
     let (gone, kept) = (NetNs::new("ik-pod"), NetNs::new("ik-pod"));
     let lost = add(&d, "c1", "app-0", &gone.path());
@@ -178,6 +182,7 @@ fn after_a_restart_the_first_pass_finds_what_did_not_survive() {
 
 #[test]
 fn a_forgotten_node_gives_its_addresses_back() {
+    require!(needs::CLUSTER);
     let dir = tempfile::Builder::new()
         .prefix("ipkeep-forget-")
         .tempdir()

@@ -8,6 +8,7 @@ use ipkeep_cluster_test::conflist::{Attachment, Conflist};
 use ipkeep_cluster_test::ctl::{ctl, held};
 use ipkeep_cluster_test::daemon::{Daemon, DaemonOptions};
 use ipkeep_cluster_test::netns::NetNs;
+use ipkeep_cluster_test::{needs, require};
 use serde_json::{json, Map, Value};
 
 struct Node {
@@ -106,6 +107,7 @@ const POD: &str = "IgnoreUnknown=1;K8S_POD_NAMESPACE=db;K8S_POD_NAME=";
 
 #[test]
 fn veth_pods_get_address_mac_routes_and_reach_each_other() {
+    require!(needs::NETNS, [needs::PING]);
     let node = Node::new();
     node.ctl(&[
         "subnet",
@@ -239,6 +241,7 @@ fn veth_pods_get_address_mac_routes_and_reach_each_other() {
 
 #[test]
 fn macvlan_pods_keep_their_mac_explicit_or_sticky() {
+    require!(needs::NETNS);
     let node = Node::new();
     node.master("ikup0");
     node.ctl(&[
@@ -333,6 +336,7 @@ fn macvlan_pods_keep_their_mac_explicit_or_sticky() {
 
 #[test]
 fn two_networks_on_one_pod_are_set_and_released_independently() {
+    require!(needs::NETNS);
     let node = Node::new();
     node.master("ikup1");
     node.ctl(&["subnet", "create", "data", "--cidr", "10.112.0.0/24"]);
@@ -394,6 +398,7 @@ fn two_networks_on_one_pod_are_set_and_released_independently() {
 
 #[test]
 fn check_says_what_differs() {
+    require!(needs::NETNS);
     let node = Node::new();
     node.ctl(&["subnet", "create", "data", "--cidr", "10.114.0.0/24"]);
     let conf = node.conf(
@@ -423,6 +428,7 @@ fn check_says_what_differs() {
 
 #[test]
 fn a_failed_add_leaves_nothing_behind() {
+    require!(needs::NETNS);
     let node = Node::new();
     node.ctl(&["subnet", "create", "data", "--cidr", "10.115.0.0/24"]);
     let pod = NetNs::new("ik-pod");
@@ -475,6 +481,10 @@ fn a_failed_add_leaves_nothing_behind() {
 /// containernetworking/plugins#819).
 #[test]
 fn chains_with_tuning_portmap_and_bandwidth() {
+    require!(
+        needs::NETNS,
+        [needs::PING, needs::REFERENCE_PLUGINS, needs::IPTABLES]
+    );
     let node = Node::new();
     node.ctl(&["subnet", "create", "data4", "--cidr", "10.116.0.0/24"]);
     node.ctl(&["subnet", "create", "data6", "--cidr", "fd00:116::/64"]);

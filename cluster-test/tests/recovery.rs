@@ -11,6 +11,7 @@ use ipkeep_api::message::{AddRequest, Request, Response};
 use ipkeep_api::model::{AttachmentKey, PodRef};
 use ipkeep_cluster_test::cluster::{Cluster, ClusterOptions};
 use ipkeep_cluster_test::wait;
+use ipkeep_cluster_test::{needs, require};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -54,6 +55,7 @@ fn copy_dir(from: &Path, to: &Path) {
 
 #[test]
 fn a_member_whose_state_fell_behind_its_purged_log_starts_over_and_catches_up() {
+    require!(needs::CLUSTER);
     let dir = tempfile::Builder::new()
         .prefix("ipkeep-recovery-")
         .tempdir()

@@ -7,6 +7,7 @@ use ipkeep_cluster_test::cni::{ipam, CniCall, CniOutput};
 use ipkeep_cluster_test::ctl::held;
 use ipkeep_cluster_test::daemon::{Daemon, DaemonOptions};
 use ipkeep_cluster_test::netns::NetNs;
+use ipkeep_cluster_test::{needs, require};
 use serde_json::{json, Value};
 
 struct Node {
@@ -139,6 +140,7 @@ fn two_pods(node: &Node, plugin: &str, conf: &Value, ping_each_other: bool) {
 
 #[test]
 fn bridge_pods_get_their_addresses_and_reach_each_other() {
+    require!(needs::NETNS, [needs::PING, needs::REFERENCE_PLUGINS]);
     let node = Node::new("10.100.0.0/24");
     let conf = json!({
         "cniVersion": "1.0.0", "name": "brnet", "type": "bridge",
@@ -155,6 +157,7 @@ fn bridge_pods_get_their_addresses_and_reach_each_other() {
 
 #[test]
 fn macvlan_pods_get_their_addresses_and_reach_each_other() {
+    require!(needs::NETNS, [needs::PING, needs::REFERENCE_PLUGINS]);
     let node = Node::new("10.101.0.0/24");
     // The master: one end of a veth pair (this kernel has no dummy links).
     node.ns.exec(&[
@@ -172,6 +175,7 @@ fn macvlan_pods_get_their_addresses_and_reach_each_other() {
 
 #[test]
 fn ptp_pods_get_their_addresses_and_reach_the_node() {
+    require!(needs::NETNS, [needs::PING, needs::REFERENCE_PLUGINS]);
     let node = Node::new("10.102.0.0/24");
     let conf = json!({
         "cniVersion": "1.0.0", "name": "ptpnet", "type": "ptp", "ipMasq": false,
