@@ -11,20 +11,20 @@ use openraft::{Config, SnapshotPolicy};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
-use crate::api_server::ApiServer;
-use crate::bootstrap::{bootstrap, FirstTask, Formation};
-use crate::config::Args;
-use crate::disk::DiskGuard;
-use crate::elections::{ElectionHolds, Hold};
-use crate::metrics::Metrics;
-use crate::metrics_server::MetricsServer;
-use crate::network::PeerNetwork;
-use crate::node::{commit_entry, Node};
+use crate::cluster::bootstrap::{bootstrap, FirstTask, Formation};
+use crate::cluster::elections::{ElectionHolds, Hold};
+use crate::cluster::node::{commit_entry, Node};
+use crate::cluster::write_batch::WriteBatcher;
+use crate::jobs::reconciler::{Leaks, ReconcileSettings};
+use crate::node_api::server::ApiServer;
+use crate::ops::config::Args;
+use crate::ops::disk::DiskGuard;
+use crate::ops::metrics::Metrics;
+use crate::ops::metrics_server::MetricsServer;
 use crate::peer::pool::PeerPool;
+use crate::peer::raft_client::PeerNetwork;
 use crate::peer::server::PeerServer;
 use crate::peer::ClusterSecret;
-use crate::reconciler::{Leaks, ReconcileSettings};
-use crate::write_batch::WriteBatcher;
 
 fn raft_config(args: &Args) -> anyhow::Result<Config> {
     let config = Config {
@@ -164,7 +164,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     tokio::spawn({
         let holds = election_holds.clone();
-        crate::elections::hold_during_installs(
+        crate::cluster::elections::hold_during_installs(
             installs,
             Duration::from_millis(config.election_timeout_min),
             move |on| holds.set(Hold::Installing, !on),
@@ -204,7 +204,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let recovering = crate::recovery::hold_until_applied(
+    let recovering = crate::cluster::recovery::hold_until_applied(
         node.clone(),
         election_holds.clone(),
         recovery_target,
@@ -250,15 +250,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     .await?;
 
     let server = ApiServer::bind(&args.socket, args.max_api_connections as usize).await?;
-    let expiring = tokio::spawn(crate::expiry::run(node.clone(), stop_rx.clone()));
-    tokio::spawn(crate::disk::watch(
+    let expiring = tokio::spawn(crate::jobs::expiry::run(node.clone(), stop_rx.clone()));
+    tokio::spawn(crate::ops::disk::watch(
         node.clone(),
         election_holds,
         // An election timeout, plus the longest replication back-off.
         Duration::from_millis(config.election_timeout_max + 500),
         stop_rx.clone(),
     ));
-    let reconciling = tokio::spawn(crate::reconciler::run(node.clone(), stop_rx.clone()));
+    let reconciling = tokio::spawn(crate::jobs::reconciler::run(node.clone(), stop_rx.clone()));
     let metrics_serving = match &args.metrics_listen {
         Some(addr) => {
             let server = MetricsServer::bind(addr).await?;

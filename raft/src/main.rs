@@ -2,7 +2,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use ipkeep_raft::config::{self, Args, LogFormat};
+use ipkeep_raft::ops::config::{self, Args, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 fn init_logging(args: &Args) {

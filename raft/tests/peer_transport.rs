@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipkeep_raft::network::PeerNetwork;
 use ipkeep_raft::peer::conn::PeerConn;
 use ipkeep_raft::peer::pool::PeerPool;
+use ipkeep_raft::peer::raft_client::PeerNetwork;
 use ipkeep_raft::peer::wire::{PeerRequest, PeerResponse};
 use ipkeep_raft::peer::ClusterSecret;
 use ipkeep_store::types::{PeerNode, TypeConfig};

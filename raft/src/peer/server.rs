@@ -14,8 +14,8 @@ use super::admission::{Handshake, PeerAdmission};
 use super::auth::ClusterSecret;
 use super::conn::PeerConn;
 use super::wire::{PeerRequest, PeerResponse};
-use crate::node::Node;
-use crate::refusals::{Refusals, SUMMARY_PERIOD};
+use crate::cluster::node::Node;
+use crate::ops::refusals::{Refusals, SUMMARY_PERIOD};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Peer connections served at once. A cluster needs a few per peer; the

@@ -12,9 +12,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::node::Node;
-use crate::refusals::RefusalCounters;
-use crate::write_batch::BatchCounters;
+use crate::cluster::node::Node;
+use crate::cluster::write_batch::BatchCounters;
+use crate::ops::refusals::RefusalCounters;
 
 type Labels = Vec<(String, String)>;
 type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;

@@ -15,12 +15,12 @@ use ipkeep_store::{Command, Reply};
 use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState};
 
-use crate::disk::DiskGuard;
-use crate::metrics::Metrics;
+use crate::cluster::write_batch::WriteBatcher;
+use crate::jobs::reconciler::Leaks;
+use crate::ops::disk::DiskGuard;
+use crate::ops::metrics::Metrics;
 use crate::peer::pool::PeerPool;
 use crate::peer::wire::{Committed, ForwardError, MembershipChange, PeerRequest, PeerResponse};
-use crate::reconciler::Leaks;
-use crate::write_batch::WriteBatcher;
 
 /// Most voters a cluster may have: consensus cost grows with every voter,
 /// and five already survive two failures. More nodes join as learners.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use ipkeep_store::Command;
 use tokio::sync::watch;
 
-use crate::node::{now_ms, Node};
+use crate::cluster::node::{now_ms, Node};
 
 const EVERY: Duration = Duration::from_secs(5);
 

@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::elections::{ElectionHolds, Hold};
-use crate::node::Node;
+use crate::cluster::elections::{ElectionHolds, Hold};
+use crate::cluster::node::Node;
 
 /// Holds elections and votes off until the node has applied `target`;
 /// the receiver is true meanwhile. Returns at once (false) when `target`

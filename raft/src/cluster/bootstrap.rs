@@ -28,7 +28,7 @@ use ipkeep_store::types::PeerNode;
 use ipkeep_store::Command;
 use openraft::error::{InitializeError, RaftError};
 
-use crate::node::Node;
+use crate::cluster::node::Node;
 
 const MARKER: &str = "bootstrap.pending";
 /// How long a single node may take to create its default subnet before it

@@ -11,7 +11,7 @@ use ipkeep_store::storage::backup;
 use ipkeep_store::subnet::settle;
 use ipkeep_store::{Command, Reply};
 
-use crate::node::{now_ms, now_us, Node};
+use crate::cluster::node::{now_ms, now_us, Node};
 use crate::peer::wire::MembershipChange;
 
 async fn member_add(node: &Node, id: u64, addr: String) -> Result<Response, ApiError> {
@@ -52,7 +52,7 @@ pub async fn handle(node: &Node, request: Request) -> Response {
             .await
             .map(|_| Response::Members(node.members())),
         Request::IpLeaks => {
-            crate::reconciler::pass(node, now_ms());
+            crate::jobs::reconciler::pass(node, now_ms());
             Ok(Response::Leaks(node.leaks.report(&node.name)))
         }
         Request::NodeForget {

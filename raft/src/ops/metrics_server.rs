@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::node::Node;
+use crate::cluster::node::Node;
 
 /// A scrape request is one short header block.
 const MAX_REQUEST: usize = 8 << 10;

@@ -17,7 +17,7 @@ use ipkeep_api::model::AttachmentKey;
 use ipkeep_store::{Command, Reply};
 use tokio::sync::watch;
 
-use crate::node::{now_ms, now_us, Node};
+use crate::cluster::node::{now_ms, now_us, Node};
 
 /// What the reconciler does with what it finds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -16,8 +16,8 @@ use ipkeep_api::ApiError;
 use openraft::ServerState;
 use tokio::sync::watch;
 
-use crate::elections::{ElectionHolds, Hold};
-use crate::node::Node;
+use crate::cluster::elections::{ElectionHolds, Hold};
+use crate::cluster::node::Node;
 
 #[derive(Debug, Clone)]
 pub struct DiskGuard {

@@ -20,10 +20,10 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::api_admission::{ApiAdmission, Refused, PRESSURE_IDLE};
-use crate::node::Node;
-use crate::refusals::{Refusals, SUMMARY_PERIOD};
-use crate::service;
+use crate::cluster::node::Node;
+use crate::node_api::admission::{ApiAdmission, Refused, PRESSURE_IDLE};
+use crate::node_api::service;
+use crate::ops::refusals::{Refusals, SUMMARY_PERIOD};
 
 /// A connection idle this long between requests is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::reconciler::ReconcileMode;
+use crate::jobs::reconciler::ReconcileMode;
 use clap::{Parser, ValueEnum};
 use ipkeep_api::model::SubnetSpec;
 use ipnet::IpNet;
@@ -94,7 +94,7 @@ pub struct Args {
     /// Node API connections served at once. One process may hold at most
     /// a quarter of them; near the limit, connections idle for a second are
     /// closed to make room.
-    #[arg(long, env = "IPKEEP_MAX_API_CONNECTIONS", default_value_t = crate::api_admission::DEFAULT_MAX_CONNECTIONS as u64, value_parser = clap::value_parser!(u64).range(16..=1_000_000))]
+    #[arg(long, env = "IPKEEP_MAX_API_CONNECTIONS", default_value_t = crate::node_api::admission::DEFAULT_MAX_CONNECTIONS as u64, value_parser = clap::value_parser!(u64).range(16..=1_000_000))]
     pub max_api_connections: u64,
 
     /// Take a snapshot (and purge the log behind it) every this many entries.
