@@ -375,67 +375,35 @@ async fn a_second_open_of_the_same_directory_is_refused() {
     assert!(err.to_string().contains("in use"), "{err}");
 }
 
-/// A data directory of a version that kept the Raft log in sled (trees
-/// `raft_log` and `raft_meta`) has its log moved into files at the first
-/// open, whole, even when an earlier attempt was cut short; the old trees
-/// are gone afterwards.
-#[tokio::test]
-async fn a_log_kept_in_sled_by_an_earlier_version_is_moved_into_files() {
-    fn versioned<T: serde::Serialize>(value: &T) -> Vec<u8> {
-        let mut bytes = vec![1u8];
-        bytes.extend(ipkeep_api::codec::encode(value).unwrap());
-        bytes
-    }
+/// A data directory of a development build that kept the Raft log in sled
+/// (trees `raft_log` and `raft_meta`; no release did) is refused with what
+/// to do, and left as it was.
+#[test]
+fn a_database_that_keeps_the_raft_log_inside_it_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     {
         let db = sled::open(dir.path().join("db")).unwrap();
-        let log = db.open_tree("raft_log").unwrap();
-        for entry in entries(workload(4), 0) {
-            log.insert(entry.log_id.index.to_be_bytes(), versioned(&entry))
-                .unwrap();
-        }
-        let meta = db.open_tree("raft_meta").unwrap();
-        let vote: openraft::Vote<u64> = openraft::Vote::new(3, 1);
-        meta.insert("vote", versioned(&vote)).unwrap();
+        db.open_tree("raft_log")
+            .unwrap()
+            .insert(0u64.to_be_bytes(), b"entry".to_vec())
+            .unwrap();
         db.flush().unwrap();
     }
-    // What a crash during an earlier move leaves: a half-built directory.
-    std::fs::create_dir(dir.path().join("log.new")).unwrap();
-    std::fs::write(dir.path().join("log.new/00000000000000000000.log"), b"half").unwrap();
-
-    let (mut log, _sm) = open(dir.path());
-    assert_eq!(
-        log.read_vote().await.unwrap(),
-        Some(openraft::Vote::new(3, 1))
-    );
-    let got = log.try_get_log_entries(0..100).await.unwrap();
-    assert_eq!(
-        got.iter().map(|e| e.log_id.index).collect::<Vec<_>>(),
-        (0..=6).collect::<Vec<_>>()
-    );
-    assert!(dir.path().join("log").is_dir());
-    assert!(!dir.path().join("log.new").exists());
-    drop(log);
-    drop(_sm);
-    let (mut log, sm) = open(dir.path());
-    assert_eq!(log.try_get_log_entries(0..100).await.unwrap().len(), 7);
-    drop(sm);
-    drop(log);
-    // sled's lock may outlive the handles for a moment (see `open`).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let db = loop {
-        match sled::open(dir.path().join("db")) {
-            Err(_) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(20))
-            }
-            other => break other.unwrap(),
-        }
+    let err = match storage::open_again(
+        dir.path(),
+        &StorageOptions::default(),
+        std::time::Duration::from_secs(10),
+    ) {
+        Err(e) => e,
+        Ok(_) => panic!("a database with the Raft log inside it was opened"),
     };
-    let names: Vec<_> = db.tree_names();
+    let message = err.to_string();
     assert!(
-        !names
-            .iter()
-            .any(|n| n.as_ref() == b"raft_log" || n.as_ref() == b"raft_meta"),
-        "the old trees are dropped"
+        message.contains("keeps the Raft log inside it") && message.contains("rejoin"),
+        "{message}"
+    );
+    assert!(
+        !dir.path().join("log").exists(),
+        "nothing is created beside it"
     );
 }

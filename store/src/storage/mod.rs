@@ -28,7 +28,6 @@
 
 pub mod backup;
 mod free_memory;
-mod legacy_log;
 mod log_file;
 mod log_store;
 mod snapshot_file;
@@ -113,13 +112,14 @@ pub enum OpenError {
         applied: String,
         purged: u64,
     },
-    #[error("cannot move the Raft log out of the database in {} into {}: {source}", db.display(), log.display())]
-    Import {
-        db: PathBuf,
+    #[error("cannot create the Raft log in {}: {source}", log.display())]
+    CreateLog {
         log: PathBuf,
         #[source]
         source: std::io::Error,
     },
+    #[error("the database in {} keeps the Raft log inside it, as development builds before the first release did; this version keeps the log in files of its own and does not convert it. Move the data directory away, start this node with an empty one and rejoin it as a learner (ipkeepctl member add), or bring a new cluster up from a backup (ipkeepd --restore FILE)", db.display())]
+    UnreleasedLayout { db: PathBuf },
     #[error("the commit witness cannot be trusted. If the database is known to be intact, remove the witness and start again (it is rebuilt); if not, rejoin this node as a learner with an empty data directory, or restore a backup")]
     Witness {
         #[source]
@@ -158,27 +158,23 @@ fn create_private_dir(path: &Path) -> Result<(), OpenError> {
         })
 }
 
-/// Creates the log directory when there is none: empty for a new node,
-/// or with the log a previous version kept in sled. It is built beside
-/// and renamed into place whole, so a crash leaves either no log directory
-/// (and the old trees, to start again from) or a complete one.
-fn create_log_dir(data_dir: &Path, log_dir: &Path, db: &sled::Db) -> std::io::Result<()> {
+/// Creates an empty log directory for a new node. It is built beside and
+/// renamed into place whole, so a crash leaves either no log directory or a
+/// complete one.
+fn create_log_dir(data_dir: &Path, log_dir: &Path) -> std::io::Result<()> {
     let staging = data_dir.join("log.new");
     if staging.exists() {
         fs::remove_dir_all(&staging)?;
     }
     fs::DirBuilder::new().mode(0o700).create(&staging)?;
-    let log = log_file::LogFile::open(&staging).map_err(std::io::Error::other)?;
-    let copied = legacy_log::import(db, &log)?;
-    if copied > 0 {
-        tracing::info!(
-            entries = copied,
-            "moved the Raft log out of the database into its own files"
-        );
-    }
-    drop(log);
+    drop(log_file::LogFile::open(&staging).map_err(std::io::Error::other)?);
     snapshot_file::publish(&staging, log_dir)
 }
+
+/// Trees in which development builds before the first release kept the
+/// Raft log, beside the state. No release wrote them; a database that has
+/// them is refused rather than read without its log.
+const UNRELEASED_LOG_TREES: [&[u8]; 2] = [b"raft_log", b"raft_meta"];
 
 /// [`open`] for a caller that reopens a directory it closed a moment ago
 /// in the same process (tests, benches): sled's I/O threads can hold its
@@ -224,17 +220,19 @@ pub fn open(
                 source,
             },
         })?;
+    if db
+        .tree_names()
+        .iter()
+        .any(|name| UNRELEASED_LOG_TREES.contains(&name.as_ref()))
+    {
+        return Err(OpenError::UnreleasedLayout { db: db_path });
+    }
     if !log_path.exists() {
-        create_log_dir(data_dir, &log_path, &db).map_err(|source| OpenError::Import {
-            db: db_path.clone(),
+        create_log_dir(data_dir, &log_path).map_err(|source| OpenError::CreateLog {
             log: log_path.clone(),
             source,
         })?;
     }
-    legacy_log::drop_trees(&db).map_err(|source| OpenError::Database {
-        path: db_path.clone(),
-        source,
-    })?;
     let log_file =
         log_file::LogFile::open(&log_path).map_err(|source| OpenError::Log { source })?;
     let witness_path = data_dir.join(WITNESS_FILE);
