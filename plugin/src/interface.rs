@@ -10,12 +10,12 @@ use ipkeep_api::message::{AddResult, MacWish};
 use ipkeep_api::{code, Mac};
 use ipnet::IpNet;
 
-use crate::commands::{ask_add, ask_check, ask_del, Output};
+use crate::ask::{ask_add, ask_check, ask_del};
 use crate::config::{LinkSettings, Settings};
 use crate::env::CniEnv;
 use crate::error::PluginError;
 use crate::link::{self, LinkError, Mode, NetnsFile, Plan, PlannedRoute};
-use crate::result::{full_result, Interface};
+use crate::result::{full_result, Interface, Output};
 
 fn interface_error(e: LinkError) -> PluginError {
     PluginError::new(code::INTERFACE, "cannot set up the pod's interface", e.0)

@@ -2,11 +2,13 @@
 //! library so that the fuzz targets reach the same parsers the runtime's
 //! input goes through.
 
+pub mod ask;
 pub mod commands;
 pub mod config;
 pub mod env;
 pub mod error;
 pub mod interface;
+pub mod ipam;
 pub mod link;
 pub mod logging;
 pub mod result;

@@ -35,25 +35,20 @@ fn main() -> ExitCode {
     let started = Instant::now();
     let mut stdin = String::new();
     let read = io::stdin().read_to_string(&mut stdin);
-    let json = if stdin.trim().is_empty() {
-        None
-    } else {
-        config::parse_json(&stdin).ok()
-    };
-    let (log_file, log_level) = config::log_settings(json.as_ref());
+    // Parsed once: the log settings and the version of an error object come
+    // from it before anything can fail, and the command takes it after.
+    let parsed = (!stdin.trim().is_empty()).then(|| config::parse_json(&stdin));
+    let json = parsed.as_ref().and_then(|p| p.as_ref().ok());
+    let (log_file, log_level) = config::log_settings(json);
     logging::init(&log_file, &log_level);
-    let error_version = config::declared_version(json.as_ref())
+    let error_version = config::declared_version(json)
         .filter(|v| version::is_supported(v))
         .unwrap_or_else(|| version::CURRENT.to_owned());
 
     let outcome = (|| {
         read.map_err(|e| PluginError::new(code::IO, "cannot read stdin", e.to_string()))?;
         let env = env::read(|k| std::env::var(k).ok())?;
-        let json = if stdin.trim().is_empty() {
-            None
-        } else {
-            Some(config::parse_json(&stdin)?)
-        };
+        let json = parsed.transpose()?;
         let span = tracing::info_span!(
             "cni",
             command = env.command.name(),

@@ -11,6 +11,13 @@ use serde_json::{json, Map, Value};
 use crate::link::PlannedRoute;
 use crate::version;
 
+/// What a successful command prints on stdout.
+pub enum Output {
+    Json(Value),
+    /// DEL, CHECK, GC and STATUS print nothing on success.
+    Nothing,
+}
+
 /// One entry of a result's `interfaces`.
 #[derive(Debug, Clone)]
 pub struct Interface {
