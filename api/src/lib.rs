@@ -10,6 +10,7 @@ pub mod clock;
 pub mod codec;
 pub mod error;
 pub mod fields;
+pub mod golden;
 pub mod mac;
 pub mod message;
 pub mod model;

@@ -27,6 +27,8 @@
 #![allow(clippy::result_large_err)]
 
 pub mod backup;
+#[cfg(test)]
+mod formats;
 mod free_memory;
 mod log_file;
 mod log_store;
