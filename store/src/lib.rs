@@ -10,7 +10,6 @@ pub mod command;
 pub mod free_set;
 pub mod held;
 pub mod history;
-pub mod machine;
 pub mod pool;
 pub mod records;
 pub mod state;

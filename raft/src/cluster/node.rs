@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use ipkeep_api::message::{ClusterStatus, MemberHealth, MemberInfo, NodeStatus};
 use ipkeep_api::{code, ApiError};
 use ipkeep_store::storage::snapshot_stats::SnapshotStats;
-use ipkeep_store::storage::{LogStore, SharedMachine};
+use ipkeep_store::storage::{LogStore, SharedReplica};
 use ipkeep_store::types::{PeerNode, Raft};
 use ipkeep_store::{Command, Reply};
 use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, RaftError};
@@ -34,7 +34,7 @@ pub struct Node {
     pub id: u64,
     pub name: String,
     pub raft: Raft,
-    pub machine: SharedMachine,
+    pub machine: SharedReplica,
     pub snapshot_stats: SnapshotStats,
     pub write_timeout: Duration,
     /// Connections to other nodes; None when the node has no cluster secret

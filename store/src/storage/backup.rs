@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use super::snapshot_file::{self, SnapshotFileError};
-use super::state_machine::Machine;
+use super::state_machine::Replica;
 use crate::records::{Record, RecordError};
 use crate::state::State;
 use crate::types::SnapshotMeta;
@@ -37,7 +37,7 @@ pub fn decode_bytes(bytes: &[u8]) -> Result<(SnapshotMeta, State), DecodeError> 
 }
 
 /// The machine's records as a backup file's bytes.
-pub fn encode(machine: &Machine) -> Vec<u8> {
+pub fn encode(machine: &Replica) -> Vec<u8> {
     let meta = SnapshotMeta {
         last_log_id: machine.last_applied,
         last_membership: machine.membership.clone(),
@@ -69,11 +69,11 @@ mod tests {
     use crate::Command;
     use ipkeep_api::model::SubnetSpec;
 
-    fn machine() -> Machine {
+    fn machine() -> Replica {
         let mut state = State::default();
         let spec = SubnetSpec::plain("pods", "10.9.0.0/24".parse().unwrap());
         state.apply(&Command::CreateSubnet { spec }, &mut Vec::new());
-        Machine {
+        Replica {
             state,
             last_applied: None,
             membership: Default::default(),

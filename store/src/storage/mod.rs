@@ -46,7 +46,7 @@ use std::path::{Path, PathBuf};
 pub use free_memory::use_one_arena;
 pub use log_store::LogStore;
 pub use snapshot_file::SnapshotFileError;
-pub use state_machine::{Machine, SharedMachine, SnapshotBuilder, StateMachineStore};
+pub use state_machine::{Replica, SharedReplica, SnapshotBuilder, StateMachineStore};
 
 use crate::records::RecordError;
 

@@ -44,19 +44,20 @@ const CURRENT_SNAPSHOT: &str = "current.snap";
 /// ipkeep-store --bench sled_batches`).
 const RESTORE_BATCH: usize = 500;
 
-/// The state machine as every replica holds it in memory.
+/// A replica of the state machine as every node holds it in memory: the
+/// state, the last entry applied to it and the membership it knows.
 #[derive(Debug, Default)]
-pub struct Machine {
+pub struct Replica {
     pub state: State,
     pub last_applied: Option<LogId>,
     pub membership: StoredMembership,
 }
 
-/// The in-memory state machine, shared with the daemon's readers.
+/// The in-memory replica, shared with the daemon's readers.
 #[derive(Clone, Default)]
-pub struct SharedMachine(Arc<RwLock<Machine>>);
+pub struct SharedReplica(Arc<RwLock<Replica>>);
 
-impl SharedMachine {
+impl SharedReplica {
     /// Read access for queries. Never hold it across an await.
     ///
     /// Usually free at once: applies hold the lock for microseconds. A
@@ -64,7 +65,7 @@ impl SharedMachine {
     /// the new state takes to build); a reader on one of the runtime's
     /// workers then waits with the worker handed over (`block_in_place`),
     /// so that Raft's own tasks (heartbeats, replication) keep running.
-    pub fn read(&self) -> RwLockReadGuard<'_, Machine> {
+    pub fn read(&self) -> RwLockReadGuard<'_, Replica> {
         // A panic while the lock was held cannot leave a half-applied batch
         // visible (the sled batch is what counts); keep serving reads.
         match self.0.try_read() {
@@ -85,7 +86,7 @@ impl SharedMachine {
         }
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, Machine> {
+    fn write(&self) -> RwLockWriteGuard<'_, Replica> {
         self.0.write().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -108,7 +109,7 @@ struct Inner {
     /// Writes each apply's changes to `tree`, behind the applies.
     writer: Arc<StateWriter>,
     dir: PathBuf,
-    machine: SharedMachine,
+    machine: SharedReplica,
     /// Meta of the snapshot in `current.snap`. Held while that file is replaced
     /// or opened, so that a meta and a file handed out always match.
     current: Mutex<Option<SnapshotMeta>>,
@@ -150,7 +151,7 @@ fn decode_meta<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, Recor
 }
 
 /// Rebuilds the machine from the tree alone.
-fn load_tree(tree: &sled::Tree) -> Result<Machine, RestoreError> {
+fn load_tree(tree: &sled::Tree) -> Result<Replica, RestoreError> {
     let mut last_applied = None;
     let mut membership = StoredMembership::default();
     let mut failure: Option<RestoreError> = None;
@@ -177,7 +178,7 @@ fn load_tree(tree: &sled::Tree) -> Result<Machine, RestoreError> {
     if let Some(e) = failure {
         return Err(e);
     }
-    Ok(Machine {
+    Ok(Replica {
         state: state?,
         last_applied,
         membership,
@@ -187,7 +188,7 @@ fn load_tree(tree: &sled::Tree) -> Result<Machine, RestoreError> {
 /// Replaces the tree's content with a (verified) snapshot file and returns
 /// the machine it holds: what a start does when the tree is behind the
 /// snapshot or an install was interrupted.
-fn restore_tree(tree: &sled::Tree, path: &Path) -> Result<Machine, RestoreError> {
+fn restore_tree(tree: &sled::Tree, path: &Path) -> Result<Replica, RestoreError> {
     mark_installing(tree, path)?;
     let machine = machine_from_snapshot(path)?;
     refill_tree(tree, path)?;
@@ -208,7 +209,7 @@ fn mark_installing(tree: &sled::Tree, path: &Path) -> Result<(), RestoreError> {
 
 /// The machine a (verified) snapshot file holds, or the first of its
 /// records that does not decode or contradicts another.
-fn machine_from_snapshot(path: &Path) -> Result<Machine, RestoreError> {
+fn machine_from_snapshot(path: &Path) -> Result<Replica, RestoreError> {
     // Records go to the state as they are read, each allocation packed on
     // arrival, so that an install never holds every record decoded beside
     // the state built from them (the peak is what `cargo bench -p
@@ -227,7 +228,7 @@ fn machine_from_snapshot(path: &Path) -> Result<Machine, RestoreError> {
     if let Some(e) = failure {
         return Err(e);
     }
-    Ok(Machine {
+    Ok(Replica {
         state: state.finish()?,
         last_applied: meta.last_log_id,
         membership: meta.last_membership,
@@ -390,7 +391,7 @@ impl StateMachineStore {
                 tree,
                 writer: Arc::new(writer),
                 dir,
-                machine: SharedMachine(Arc::new(RwLock::new(machine))),
+                machine: SharedReplica(Arc::new(RwLock::new(machine))),
                 current: Mutex::new(current),
                 stats: SnapshotStats::default(),
                 installing: watch::Sender::new(false),
@@ -427,7 +428,7 @@ impl StateMachineStore {
     }
 
     /// The in-memory state machine, for the daemon's reads.
-    pub fn shared(&self) -> SharedMachine {
+    pub fn shared(&self) -> SharedReplica {
         self.inner.machine.clone()
     }
 
@@ -455,7 +456,7 @@ impl StateMachineStore {
         let Some(last) = entries.last().map(|e| e.log_id) else {
             return Ok(replies);
         };
-        let submit = |machine: &Machine, journal: &mut Vec<Change>, membership_changed: bool| {
+        let submit = |machine: &Replica, journal: &mut Vec<Change>, membership_changed: bool| {
             let mut unit = std::mem::take(journal);
             unit.push(Change::Put(
                 APPLIED_KEY.to_vec(),

@@ -390,7 +390,7 @@ fn a_reader_waiting_on_an_install_leaves_the_runtime_running() {
         .worker_threads(1)
         .build()
         .unwrap();
-    let machine = SharedMachine::default();
+    let machine = SharedReplica::default();
     let installing = machine.write();
     let (started, reader_started) = mpsc::channel();
     let reader = {

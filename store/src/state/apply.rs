@@ -4,9 +4,6 @@
 //! answer and same changes, on every replica. A refused command changes
 //! nothing (invariant 6: a failed ADD leaves nothing behind).
 
-mod admin;
-mod alloc;
-
 use ipkeep_api::code;
 use ipkeep_api::message::{AddResult, CheckRequest, IpAssignment};
 use ipkeep_api::model::{Allocation, Dns};

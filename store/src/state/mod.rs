@@ -8,7 +8,16 @@
 //! between these places, keep the counters, and journal the record writes
 //! they imply; the storage layer commits the journal atomically with the
 //! last-applied log id.
+//!
+//! Its rooms: this file holds the state, its indexes and the moves between
+//! them, with the reads; [`apply`] takes each command to its decision;
+//! `alloc` is the allocator (ADD's choice of address, DEL, GC); `admin`
+//! the operator's commands (subnets, pools, reservations, bindings,
+//! restore); `audit` the digest and the self-check.
 
+mod admin;
+mod alloc;
+pub mod apply;
 mod audit;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
