@@ -154,23 +154,29 @@ pub fn encode_value<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 pub fn decode_value<T: DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T, RecordError> {
-    let show = || String::from_utf8_lossy(key).replace('\0', "/");
     let (_, body) = versioned(key, value)?;
+    decode_body(key, body)
+}
+
+fn show_key(key: &[u8]) -> String {
+    String::from_utf8_lossy(key).replace('\0', "/")
+}
+
+fn decode_body<T: DeserializeOwned>(key: &[u8], body: &[u8]) -> Result<T, RecordError> {
     codec::decode(body, MAX_RECORD).map_err(|source| RecordError::Decode {
-        key: show(),
+        key: show_key(key),
         source,
     })
 }
 
 /// A stored value's encoding version (one this binary reads) and its body.
 fn versioned<'v>(key: &[u8], value: &'v [u8]) -> Result<(u8, &'v [u8]), RecordError> {
-    let show = || String::from_utf8_lossy(key).replace('\0', "/");
     let (&version, body) = value
         .split_first()
-        .ok_or_else(|| RecordError::Empty { key: show() })?;
+        .ok_or_else(|| RecordError::Empty { key: show_key(key) })?;
     if version != RECORD_VERSION && version != RECORD_VERSION_BEFORE_BURIAL {
         return Err(RecordError::Version {
-            key: show(),
+            key: show_key(key),
             version,
         });
     }
@@ -178,21 +184,17 @@ fn versioned<'v>(key: &[u8], value: &'v [u8]) -> Result<(u8, &'v [u8]), RecordEr
 }
 
 fn decode_tombstone(key: &[u8], value: &[u8]) -> Result<Record, RecordError> {
-    let (version, _) = versioned(key, value)?;
-    Ok(if version == RECORD_VERSION_BEFORE_BURIAL {
-        let (key, issued_us): (AttachmentKey, u64) = decode_value(key, value)?;
-        Record::Tombstone {
-            key,
-            issued_us,
-            buried_ms: issued_us / 1000,
-        }
+    let (version, body) = versioned(key, value)?;
+    let (key, issued_us, buried_ms) = if version == RECORD_VERSION_BEFORE_BURIAL {
+        let (key, issued_us): (AttachmentKey, u64) = decode_body(key, body)?;
+        (key, issued_us, issued_us / 1000)
     } else {
-        let (key, issued_us, buried_ms): (AttachmentKey, u64, u64) = decode_value(key, value)?;
-        Record::Tombstone {
-            key,
-            issued_us,
-            buried_ms,
-        }
+        decode_body(key, body)?
+    };
+    Ok(Record::Tombstone {
+        key,
+        issued_us,
+        buried_ms,
     })
 }
 
@@ -236,7 +238,7 @@ impl Record {
     /// Decodes a stored record. Keys of kind [`META`] are not records and
     /// must be filtered out by the caller.
     pub fn decode(key: &[u8], value: &[u8]) -> Result<Record, RecordError> {
-        let show = || String::from_utf8_lossy(key).replace('\0', "/");
+        let show = || show_key(key);
         let name = || String::from_utf8_lossy(key.get(2..).unwrap_or_default()).into_owned();
         let record = match key.first() {
             Some(&SUBNET) => Record::Subnet(decode_value(key, value)?),
